@@ -1,0 +1,313 @@
+"""All configuration in one place: frozen dataclasses, paper values as defaults, named presets.
+
+Every number the model or the training loop uses is a field here. Configs are immutable; derive
+variants with :func:`override` (dotted keys, e.g. ``{"train.lr": 0.01}``) or
+:func:`dataclasses.replace`. Unknown keys raise :class:`ConfigError` everywhere.
+
+Conventions used across the package (written once, here):
+  * boxes are ``xyxy`` in absolute, continuous pixel coordinates: a box covering pixel columns
+    0..w-1 is ``[0, w]``; sizes are ``(H, W)``;
+  * label 0 is background, object classes are 1..K; ``classes[i - 1]`` names label ``i``;
+  * images enter the model as float tensors ``[3, H, W]`` in 0..1 (RGB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "vgg16"  # "vgg16" | "zf" | "tiny" | "mobilenet_v2"
+    weights: str | None = None  # local ImageNet state dict (torchvision layout accepted)
+    frozen_stages: int = 2  # VGG: conv1-conv2 frozen as in the paper; ZF: conv1 (see backbones)
+    stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
+    width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    sizes: tuple[float, ...] = (128.0, 256.0, 512.0)  # sqrt(area) in input pixels
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    conv_channels: int | None = None  # 3x3 conv width; None = backbone width (256 ZF, 512 VGG)
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    allow_low_quality_matches: bool = True  # best anchor of each gt box is positive
+    straddle_thresh: float | None = 0.0  # ignore anchors crossing the border by more; None = keep
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 12000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 6000
+    post_nms_top_n_test: int = 300
+    nms_thresh: float = 0.7
+    min_size: float = 16.0  # drop proposals smaller than this (input-image pixels)
+    box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    smooth_l1_beta: float = 1.0 / 9.0  # py-faster-rcnn's sigma = 3
+    loss_weight_cls: float = 1.0
+    loss_weight_reg: float = 1.0
+
+
+@dataclass(frozen=True)
+class RoIHeadConfig:
+    pooler: str = "roi_pool"  # "roi_pool" (the paper) | "roi_align"
+    pool_size: int = 7
+    sampling_ratio: int = 2  # roi_align only
+    representation_size: int = 4096  # fc6 / fc7 width
+    dropout: float = 0.5  # after fc6 and fc7 (VGG-style); 0 disables
+    batch_size_per_image: int = 128
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh_hi: float = 0.5
+    bg_iou_thresh_lo: float = 0.0
+    add_gt_as_proposals: bool = True
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # 1 / (.1,.1,.2,.2)
+    smooth_l1_beta: float = 1.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_img: int = 100
+    loss_weight_cls: float = 1.0
+    loss_weight_reg: float = 1.0
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    min_size_train: tuple[int, ...] = (600,)  # shorter side; several = random multi-scale
+    max_size_train: int = 1000
+    min_size_test: int = 600
+    max_size_test: int = 1000
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on 0..1 RGB
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    size_divisible: int = 16  # pad batches to a multiple of this
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 20  # object classes, background excluded
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    schedule: str = "joint"  # "joint" (approximate joint training) | "alternating" (4-step)
+    images_per_batch: int = 1  # the paper: one image per mini-batch
+    max_iter: int = 70000
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_steps: tuple[int, ...] = (50000,)
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_factor: float = 1.0 / 3.0
+    hflip_prob: float = 0.5
+    grad_clip_norm: float | None = None
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0 = only at the end
+    log_period: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    amp: str = "none"  # "none" | "bf16" | "fp16"
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    include_difficult: bool = False  # train on VOC "difficult" objects
+    # 4-step alternating training: iterations of each step (lr schedule scaled per step)
+    alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-JSON dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: Mapping[str, Any], *, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(_join(path, k) for k in unknown)}; "
+            f"valid keys of {path or 'the config'}: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        kwargs[name] = _coerce(f, value, _join(path, name))
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _coerce(f: dataclasses.Field, value: Any, path: str) -> Any:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if dataclasses.is_dataclass(default):
+        return from_dict(type(default), value, path=path)
+    if isinstance(default, tuple) or (isinstance(value, list) and default is None):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            low = value.lower()
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise ConfigError(f"{path}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    return value
+
+
+def override(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with dotted-key overrides applied, e.g. ``{"train.lr": 0.01}``.
+
+    String values are parsed as JSON when possible (``"[1, 2]"``, ``"0.5"``, ``"null"``).
+    """
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} in {key!r}")
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return from_dict(Config, data)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["train.lr=0.01", ...]`` -> ``{"train.lr": "0.01"}`` (for ``--set``)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _vgg16_voc07() -> Config:
+    return Config(
+        model=ModelConfig(num_classes=20, backbone=BackboneConfig(name="vgg16", frozen_stages=2)),
+        train=TrainConfig(),
+    )
+
+
+def _zf_voc07() -> Config:
+    return Config(
+        model=ModelConfig(
+            num_classes=20,
+            backbone=BackboneConfig(name="zf", frozen_stages=0),
+            roi_head=RoIHeadConfig(representation_size=4096),
+        ),
+        train=TrainConfig(),
+    )
+
+
+def _tiny_shapes() -> Config:
+    """The CPU demo: a small backbone trained from scratch on the built-in shapes data."""
+    return Config(
+        model=ModelConfig(
+            num_classes=5,
+            backbone=BackboneConfig(name="tiny", stride=8, width=48, frozen_stages=0),
+            anchors=AnchorConfig(sizes=(24.0, 48.0, 96.0, 160.0), aspect_ratios=(0.5, 1.0, 2.0)),
+            rpn=RPNConfig(
+                conv_channels=128,
+                pre_nms_top_n_train=2000,
+                post_nms_top_n_train=500,
+                pre_nms_top_n_test=1000,
+                post_nms_top_n_test=150,
+                min_size=4.0,
+                batch_size_per_image=256,
+            ),
+            roi_head=RoIHeadConfig(
+                representation_size=256,
+                dropout=0.0,
+                batch_size_per_image=128,
+                positive_fraction=0.25,
+                nms_thresh=0.4,
+            ),
+            input=InputConfig(
+                min_size_train=(256,),
+                max_size_train=400,
+                min_size_test=256,
+                max_size_test=400,
+                size_divisible=16,
+            ),
+        ),
+        train=TrainConfig(
+            images_per_batch=4,
+            max_iter=1500,
+            lr=0.02,
+            lr_steps=(1100, 1400),
+            warmup_iters=100,
+            weight_decay=1e-4,
+            checkpoint_period=500,
+            log_period=20,
+            num_workers=1,
+            grad_clip_norm=10.0,
+        ),
+    )
+
+
+PRESETS: dict[str, Any] = {
+    "vgg16-voc07": _vgg16_voc07,
+    "zf-voc07": _zf_voc07,
+    "tiny-shapes": _tiny_shapes,
+}
+
+
+def preset(name: str) -> Config:
+    """A named preset (``vgg16-voc07``, ``zf-voc07``, ``tiny-shapes``, ...)."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
