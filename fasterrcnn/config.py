@@ -36,6 +36,7 @@ class BackboneConfig:
 class AnchorConfig:
     sizes: tuple[float, ...] = (128.0, 256.0, 512.0)  # sqrt(area) in input pixels
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    offset: float = 0.5  # anchor centres at (x + offset) * stride: 0.5 = centre of the cell
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""Backbones: the shared conv layers. ``build_backbone(cfg)`` picks one by name."""
+
+from __future__ import annotations
+
+from ...config import BackboneConfig, ConfigError
+from .common import Backbone, BackboneWeightsError, read_state_dict
+from .tiny import Tiny
+from .vgg import VGG16
+from .zf import ZF
+
+BACKBONES = ("vgg16", "zf", "tiny")
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    if cfg.name == "vgg16":
+        _require_stride(cfg, 16)
+        return VGG16(cfg.weights, cfg.frozen_stages)
+    if cfg.name == "zf":
+        _require_stride(cfg, 16)
+        return ZF(cfg.weights, cfg.frozen_stages)
+    if cfg.name == "tiny":
+        return Tiny(cfg.width, cfg.stride, cfg.weights)
+    raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
+
+
+def _require_stride(cfg: BackboneConfig, stride: int) -> None:
+    if cfg.stride != stride:
+        raise ConfigError(f"backbone {cfg.name} has stride {stride}, config says {cfg.stride}")
+
+
+__all__ = ["Backbone", "BackboneWeightsError", "build_backbone", "read_state_dict", "BACKBONES"]

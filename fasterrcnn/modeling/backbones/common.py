@@ -1,0 +1,76 @@
+"""What every backbone provides, and loading ImageNet weights from a local file.
+
+Shapes: N images; the backbone maps [N, 3, H, W] to the shared map [N, C, H/s, W/s].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class BackboneWeightsError(ValueError):
+    """A backbone weights file is missing, unreadable or does not fit the architecture."""
+
+
+class Backbone(nn.Module):
+    """A conv net whose last shared map has ``out_channels`` channels at ``stride``.
+
+    ``box_head_state`` optionally carries pretrained fc6/fc7 weights (VGG's classifier) for the
+    Fast R-CNN head; keys ``fc6.weight``, ``fc6.bias``, ``fc7.weight``, ``fc7.bias``.
+    """
+
+    out_channels: int
+    stride: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.box_head_state: dict[str, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a local file (safe loading); unwraps {"state_dict": ...}/{"model": ...}
+    and strips a DataParallel ``module.`` prefix."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneWeightsError(f"{path}: backbone weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, ...
+        raise BackboneWeightsError(f"{path}: cannot read weights ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise BackboneWeightsError(f"{path}: not a state dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def load_matching(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` requiring every parameter/buffer to be present with its shape."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:4])}")
+        if wrong:
+            detail.append("shape mismatch: " + "; ".join(wrong[:4]))
+        raise BackboneWeightsError(f"{source}: weights do not fit the backbone ({' / '.join(detail)})")
+    module.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def freeze(modules: list[nn.Module]) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)

@@ -1,0 +1,219 @@
+"""Faster R-CNN: backbone -> RPN -> Fast R-CNN head, one network with shared convs (Figure 2).
+
+Shapes: N images; per image G ground-truth boxes, P proposals, D detections.
+
+Entry points (no hidden train/eval switch):
+  * ``model.loss(images, targets)`` -> dict of losses (``rpn_cls``, ``rpn_reg``, ``roi_cls``,
+    ``roi_reg``): approximate joint training, proposals treated as constants;
+  * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
+    pixels, ``labels`` [D] (1..K), ``scores`` [D]; runs in inference mode (BN/dropout in eval);
+  * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
+``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
+[G, 4] and ``labels`` [G].
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .anchors import AnchorGenerator
+from .backbones import Backbone, build_backbone
+from .box_coding import BoxCoder
+from .matching import Matcher
+from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
+from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
+from .sampling import Sampler
+from .transform import ImageBatch, InputTransform, scale_boxes
+
+STAGES = ("rpn", "roi")
+
+
+@contextmanager
+def inference_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the duration; the previous mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+class FasterRCNN(nn.Module):
+    def __init__(
+        self,
+        backbone: Backbone,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: InputTransform,
+        *,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.transform = transform
+        self.num_classes = num_classes
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self,
+        images: Sequence[Tensor],
+        targets: Sequence[dict],
+        *,
+        proposals: Sequence[Tensor] | None = None,
+        stages: Sequence[str] = STAGES,
+    ) -> dict[str, Tensor]:
+        """Training losses. ``proposals`` (original-image coordinates) replace the RPN's own for
+        the RoI head; ``stages`` selects which losses to compute (both by default)."""
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {tuple(stages)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        batch = self.transform(images, training=True)
+        gt_boxes, gt_labels = self._scaled_targets(targets, batch)
+        features = self.backbone(batch.tensor)
+        losses: dict[str, Tensor] = {}
+        out = None
+        if "rpn" in stages or proposals is None:
+            out = self.rpn(features)
+        if "rpn" in stages:
+            losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes))
+        if "roi" in stages:
+            if proposals is None:
+                props, _ = self.rpn.propose(out, batch.image_sizes, training=True)
+            else:
+                props = self._scaled_proposals(proposals, batch)
+            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels))
+        return losses
+
+    def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
+        """``loss`` when targets are given (this is what DDP wraps), else ``predict``."""
+        if targets is not None:
+            return self.loss(images, targets)
+        return self.predict(images)
+
+    # ------------------------------------------------------------------ inference
+    def predict(
+        self, images: Sequence[Tensor], *, proposals: Sequence[Tensor] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image in original-image coordinates."""
+        with inference_mode(self):
+            batch = self.transform(images, training=False)
+            features = self.backbone(batch.tensor)
+            if proposals is None:
+                props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
+            else:
+                props = self._scaled_proposals(proposals, batch)
+            dets = self.roi_heads.predict(features, props, batch.image_sizes)
+            for d, size, orig in zip(dets, batch.image_sizes, batch.original_sizes):
+                d["boxes"] = scale_boxes(d["boxes"], size, orig)
+        return dets
+
+    def propose(self, images: Sequence[Tensor], *, training_settings: bool = False) -> list[dict[str, Tensor]]:
+        """RPN proposals per image (original-image coordinates), best first.
+
+        ``training_settings`` uses the training top-N (e.g. 2000) instead of the test one (300),
+        both on the test-scale input.
+        """
+        with inference_mode(self):
+            batch = self.transform(images, training=False)
+            out = self.rpn(self.backbone(batch.tensor))
+            boxes, scores = self.rpn.propose(out, batch.image_sizes, training=training_settings)
+        return [
+            {"boxes": scale_boxes(b, size, orig), "scores": s}
+            for b, s, size, orig in zip(boxes, scores, batch.image_sizes, batch.original_sizes)
+        ]
+
+    # ------------------------------------------------------------------ helpers
+    def _scaled_targets(self, targets: Sequence[dict], batch: ImageBatch) -> tuple[list[Tensor], list[Tensor]]:
+        device = batch.tensor.device
+        boxes_out, labels_out = [], []
+        for i, (t, size, orig) in enumerate(zip(targets, batch.image_sizes, batch.original_sizes)):
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+            labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1)
+            where = f"target {i}" + (f" ({t['file_name']})" if "file_name" in t else "")
+            if len(boxes) != len(labels):
+                raise ValueError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
+            if not torch.isfinite(boxes).all():
+                raise ValueError(f"{where}: boxes contain NaN or inf")
+            if len(boxes) and ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+                raise ValueError(f"{where}: degenerate box (x2 <= x1 or y2 <= y1)")
+            if len(labels) and (labels.min() < 1 or labels.max() > self.num_classes):
+                raise ValueError(
+                    f"{where}: labels must be in 1..{self.num_classes} (0 is background), "
+                    f"got {labels.tolist()}"
+                )
+            boxes_out.append(scale_boxes(boxes, orig, size))
+            labels_out.append(labels)
+        return boxes_out, labels_out
+
+    @staticmethod
+    def _scaled_proposals(proposals: Sequence[Tensor], batch: ImageBatch) -> list[Tensor]:
+        device = batch.tensor.device
+        return [
+            scale_boxes(torch.as_tensor(p, dtype=torch.float32, device=device).reshape(-1, 4), orig, size)
+            for p, size, orig in zip(proposals, batch.image_sizes, batch.original_sizes)
+        ]
+
+
+def build_model(cfg: ModelConfig) -> FasterRCNN:
+    """The network a ModelConfig describes (random init unless backbone weights are given)."""
+    backbone = build_backbone(cfg.backbone)
+    anchors = AnchorGenerator(cfg.anchors.sizes, cfg.anchors.aspect_ratios, backbone.stride, cfg.anchors.offset)
+    r = cfg.rpn
+    rpn = RegionProposalNetwork(
+        RPNHead(backbone.out_channels, r.conv_channels or backbone.out_channels, anchors.num_anchors),
+        anchors,
+        matcher=Matcher(r.fg_iou_thresh, r.bg_iou_thresh, 0.0, r.allow_low_quality_matches),
+        sampler=Sampler(r.batch_size_per_image, r.positive_fraction),
+        coder=BoxCoder(r.box_weights),
+        train_settings=ProposalSettings(r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms_thresh, r.min_size),
+        test_settings=ProposalSettings(r.pre_nms_top_n_test, r.post_nms_top_n_test, r.nms_thresh, r.min_size),
+        straddle_thresh=r.straddle_thresh,
+        smooth_l1_beta=r.smooth_l1_beta,
+        loss_weight_cls=r.loss_weight_cls,
+        loss_weight_reg=r.loss_weight_reg,
+    )
+    h = cfg.roi_head
+    box_head = BoxHead(backbone.out_channels * h.pool_size**2, h.representation_size, h.dropout)
+    if backbone.box_head_state is not None:
+        state = backbone.box_head_state
+        if tuple(state["fc6.weight"].shape) == tuple(box_head.fc6.weight.shape) and tuple(
+            state["fc7.weight"].shape
+        ) == tuple(box_head.fc7.weight.shape):
+            box_head.load_state_dict(state)
+    roi_heads = RoIHeads(
+        RoIPooler(h.pooler, h.pool_size, backbone.stride, h.sampling_ratio),
+        box_head,
+        BoxPredictor(h.representation_size, cfg.num_classes),
+        matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh_hi, h.bg_iou_thresh_lo, False),
+        sampler=Sampler(h.batch_size_per_image, h.positive_fraction),
+        coder=BoxCoder(h.box_weights),
+        add_gt_as_proposals=h.add_gt_as_proposals,
+        smooth_l1_beta=h.smooth_l1_beta,
+        score_thresh=h.score_thresh,
+        nms_thresh=h.nms_thresh,
+        detections_per_img=h.detections_per_img,
+        loss_weight_cls=h.loss_weight_cls,
+        loss_weight_reg=h.loss_weight_reg,
+    )
+    i = cfg.input
+    transform = InputTransform(
+        min_size_train=i.min_size_train,
+        max_size_train=i.max_size_train,
+        min_size_test=i.min_size_test,
+        max_size_test=i.max_size_test,
+        pixel_mean=i.pixel_mean,
+        pixel_std=i.pixel_std,
+        size_divisible=i.size_divisible,
+    )
+    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes)

@@ -1,0 +1,66 @@
+"""Turning RPN outputs into proposals (paper §3.1, "proposal layer").
+
+Shapes: N images, R anchors per image (all positions x A), P proposals kept per image.
+
+Per image: decode all anchors, clip to the image, drop boxes smaller than ``min_size``, keep the
+``pre_nms_top_n`` highest-scoring, NMS at ``nms_thresh``, keep the ``post_nms_top_n`` best.
+Non-finite scores or boxes (a diverging network) are dropped, never passed on.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
+
+from .box_coding import BoxCoder
+
+
+def select_proposals(
+    anchors: Tensor,
+    scores: Tensor,
+    deltas: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    coder: BoxCoder,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Proposals per image: (boxes [P, 4], objectness scores [P]), best first.
+
+    ``anchors`` [R, 4] (shared by the batch), ``scores`` [N, R] objectness (any monotone score,
+    e.g. fg - bg logits), ``deltas`` [N, R, 4].
+    """
+    out_boxes: list[Tensor] = []
+    out_scores: list[Tensor] = []
+    for i, size in enumerate(image_sizes):
+        boxes = coder.decode(deltas[i].detach(), anchors)
+        s = scores[i].detach()
+        boxes = clip_boxes_to_image(boxes, tuple(size))
+        finite = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
+        keep = finite.nonzero(as_tuple=True)[0]
+        keep = keep[remove_small_boxes(boxes[keep], min_size)]
+        boxes, s = boxes[keep], s[keep]
+        if s.numel() > pre_nms_top_n:
+            s, top = s.topk(pre_nms_top_n)
+            boxes = boxes[top]
+        keep = nms(boxes.float(), s.float(), nms_thresh)[:post_nms_top_n]
+        out_boxes.append(boxes[keep])
+        out_scores.append(s[keep])
+    return out_boxes, out_scores
+
+
+def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:
+    """Append the ground-truth boxes to each image's proposals (training only)."""
+    return [torch.cat((p, g.to(p.dtype)), dim=0) for p, g in zip(proposals, gt_boxes)]
+
+
+def best_iou(proposals: Tensor, gt_boxes: Tensor) -> Tensor:
+    """[P] highest IoU of each proposal with any gt box (0 when there is none)."""
+    if len(gt_boxes) == 0 or len(proposals) == 0:
+        return proposals.new_zeros(len(proposals))
+    return box_iou(gt_boxes, proposals).max(dim=0).values

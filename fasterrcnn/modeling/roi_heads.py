@@ -1,0 +1,183 @@
+"""The Fast R-CNN detector on the shared features (paper §3, after Fast R-CNN).
+
+Shapes: N images, R RoIs in the batch, C x P x P pooled features, K object classes (K + 1 with
+background).
+
+RoI pooling (7x7) -> fc6 -> fc7 -> sibling outputs: ``class_logits`` [R, K+1] (softmax) and
+``box_deltas`` [R, 4(K+1)] (class-specific regression, normalised targets).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou, roi_align, roi_pool
+
+from .box_coding import BoxCoder
+from .losses import detection_losses
+from .matching import BACKGROUND, Matcher
+from .postprocess import detect
+from .proposals import add_gt_boxes
+from .sampling import Sampler
+
+
+class RoIPooler(nn.Module):
+    """RoI pooling (the paper; quantised) or RoIAlign on a single feature map of given stride."""
+
+    def __init__(self, kind: str, output_size: int, stride: int, sampling_ratio: int = 2) -> None:
+        super().__init__()
+        if kind not in ("roi_pool", "roi_align"):
+            raise ValueError(f"unknown pooler {kind!r}: use 'roi_pool' or 'roi_align'")
+        self.kind = kind
+        self.output_size = (output_size, output_size)
+        self.spatial_scale = 1.0 / stride
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+        boxes = [b.to(features.dtype) for b in boxes]
+        if self.kind == "roi_pool":
+            return roi_pool(features, boxes, self.output_size, self.spatial_scale)
+        return roi_align(
+            features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, aligned=True
+        )
+
+
+class BoxHead(nn.Module):
+    """fc6 and fc7 (each Linear + ReLU [+ dropout]) on the flattened pooled features."""
+
+    def __init__(self, in_features: int, representation_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_features = representation_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(torch.relu(self.fc6(x.flatten(1))))
+        return self.dropout(torch.relu(self.fc7(x)))
+
+
+class BoxPredictor(nn.Module):
+    """cls_score (K+1) and class-specific bbox_pred (4(K+1))."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def sample_rois(
+    proposals: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    *,
+    matcher: Matcher,
+    sampler: Sampler,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training RoIs of one image: (rois [S, 4], labels [S] 0..K, matched gt boxes [S, 4]).
+
+    Foreground RoIs take their gt box's class; background RoIs label 0 (their gt box is
+    irrelevant and set to the RoI itself so that no NaN can arise downstream).
+    """
+    if len(gt_boxes):
+        iou = box_iou(gt_boxes.to(proposals.dtype), proposals)
+    else:
+        iou = proposals.new_zeros((0, len(proposals)))
+    matched = matcher(iou)
+    pos, neg = sampler(matched >= 0, matched == BACKGROUND)
+    idx = torch.cat((pos, neg))
+    rois = proposals[idx]
+    labels = torch.zeros(len(idx), dtype=torch.int64, device=proposals.device)
+    matched_boxes = rois.clone()
+    if len(pos):
+        labels[: len(pos)] = gt_labels[matched[pos]]
+        matched_boxes[: len(pos)] = gt_boxes[matched[pos]].to(rois.dtype)
+    return rois, labels, matched_boxes
+
+
+class RoIHeads(nn.Module):
+    def __init__(
+        self,
+        pooler: RoIPooler,
+        box_head: BoxHead,
+        predictor: BoxPredictor,
+        *,
+        matcher: Matcher,
+        sampler: Sampler,
+        coder: BoxCoder,
+        add_gt_as_proposals: bool = True,
+        smooth_l1_beta: float = 1.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.3,
+        detections_per_img: int = 100,
+        loss_weight_cls: float = 1.0,
+        loss_weight_reg: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.matcher = matcher
+        self.sampler = sampler
+        self.coder = coder
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.loss_weight_cls = loss_weight_cls
+        self.loss_weight_reg = loss_weight_reg
+
+    def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
+        return self.predictor(self.box_head(self.pooler(features, rois)))
+
+    def loss(
+        self,
+        features: Tensor,
+        proposals: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+    ) -> dict[str, Tensor]:
+        """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas)."""
+        if self.add_gt_as_proposals:
+            proposals = add_gt_boxes(proposals, gt_boxes)
+        rois, labels, matched = [], [], []
+        for p, g, lab in zip(proposals, gt_boxes, gt_labels):
+            r, l, m = sample_rois(p.detach(), g, lab, matcher=self.matcher, sampler=self.sampler)
+            rois.append(r)
+            labels.append(l)
+            matched.append(m)
+        class_logits, box_deltas = self(features, rois)
+        labels_t = torch.cat(labels)
+        rois_t, matched_t = torch.cat(rois), torch.cat(matched)
+        fg = (labels_t > 0).nonzero(as_tuple=True)[0]
+        deltas = box_deltas.view(len(labels_t), -1, 4)[fg, labels_t[fg]]
+        targets = self.coder.encode(rois_t[fg], matched_t[fg])
+        cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta)
+        return {"roi_cls": cls * self.loss_weight_cls, "roi_reg": reg * self.loss_weight_reg}
+
+    def predict(
+        self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image in input-image coordinates: boxes, labels (1..K), scores."""
+        class_logits, box_deltas = self(features, proposals)
+        return detect(
+            class_logits,
+            box_deltas,
+            proposals,
+            image_sizes,
+            coder=self.coder,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )

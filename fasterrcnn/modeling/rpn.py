@@ -1,0 +1,171 @@
+"""Region Proposal Network (paper §3.1): a small network slid over the shared feature map.
+
+Shapes: N images, C x Hf x Wf feature map, A anchors per position, R = Hf * Wf * A anchors per
+image, G ground-truth boxes of an image.
+
+Naming: ``objectness_logits`` [N, R, 2] (background, object) — the paper's 2k cls outputs as a
+two-class softmax; ``anchor_deltas`` [N, R, 4] — the 4k reg outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from .anchors import AnchorGenerator, inside_image
+from .box_coding import BoxCoder
+from .losses import detection_losses
+from .matching import BACKGROUND, Matcher
+from .proposals import select_proposals
+from .sampling import Sampler
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then sibling 1x1 convs: cls (2A channels) and reg (4A channels).
+
+    cls channels are laid out as [background of anchors 0..A-1, object of anchors 0..A-1].
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int) -> None:
+        super().__init__()
+        self.num_anchors = num_anchors
+        self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(mid_channels, 2 * num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(mid_channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        n, _, h, w = features.shape
+        a = self.num_anchors
+        t = torch.relu(self.conv(features))
+        logits = self.cls_logits(t).view(n, 2, a, h, w).permute(0, 3, 4, 2, 1).reshape(n, -1, 2)
+        deltas = self.bbox_pred(t).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        return logits, deltas
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """How many proposals to keep, and how: one instance for training, one for testing."""
+
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    nms_thresh: float
+    min_size: float
+
+
+@dataclass
+class RPNOutput:
+    anchors: Tensor  # [R, 4], shared by the batch (images are padded to one size)
+    objectness_logits: Tensor  # [N, R, 2]
+    anchor_deltas: Tensor  # [N, R, 4]
+
+
+def label_anchors(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    matcher: Matcher,
+    straddle_thresh: float | None,
+) -> Tensor:
+    """[R] matched gt index, BACKGROUND or IGNORE for each anchor of one image.
+
+    Anchors crossing the image boundary (by more than ``straddle_thresh``) are ignored and never
+    take part in matching, as in the paper's training.
+    """
+    inside = inside_image(anchors, image_size, straddle_thresh)
+    if len(gt_boxes):
+        iou = box_iou(gt_boxes.to(anchors.dtype), anchors)
+    else:
+        iou = anchors.new_zeros((0, len(anchors)))
+    iou[:, ~inside] = -1.0
+    matched = matcher(iou)
+    matched[~inside] = -2  # IGNORE; also when there is no gt box at all
+    return matched
+
+
+class RegionProposalNetwork(nn.Module):
+    def __init__(
+        self,
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        *,
+        matcher: Matcher,
+        sampler: Sampler,
+        coder: BoxCoder,
+        train_settings: ProposalSettings,
+        test_settings: ProposalSettings,
+        straddle_thresh: float | None = 0.0,
+        smooth_l1_beta: float = 1.0 / 9.0,
+        loss_weight_cls: float = 1.0,
+        loss_weight_reg: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if head.num_anchors != anchor_generator.num_anchors:
+            raise ValueError("RPN head and anchor generator disagree on the number of anchors")
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.matcher = matcher
+        self.sampler = sampler
+        self.coder = coder
+        self.train_settings = train_settings
+        self.test_settings = test_settings
+        self.straddle_thresh = straddle_thresh
+        self.smooth_l1_beta = smooth_l1_beta
+        self.loss_weight_cls = loss_weight_cls
+        self.loss_weight_reg = loss_weight_reg
+
+    def forward(self, features: Tensor) -> RPNOutput:
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(tuple(features.shape[-2:]))
+        return RPNOutput(anchors.to(features.device), logits, deltas)
+
+    def propose(
+        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], *, training: bool
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Proposals (boxes, objectness probabilities) per image with the train or test settings."""
+        s = self.train_settings if training else self.test_settings
+        logits = out.objectness_logits.float()
+        boxes, scores = select_proposals(
+            out.anchors,
+            logits[..., 1] - logits[..., 0],
+            out.anchor_deltas.float(),
+            image_sizes,
+            coder=self.coder,
+            pre_nms_top_n=s.pre_nms_top_n,
+            post_nms_top_n=s.post_nms_top_n,
+            nms_thresh=s.nms_thresh,
+            min_size=s.min_size,
+        )
+        return boxes, [torch.sigmoid(x) for x in scores]  # sigmoid(fg - bg) = softmax fg prob
+
+    def loss(
+        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], gt_boxes: Sequence[Tensor]
+    ) -> dict[str, Tensor]:
+        """``rpn_cls`` (log loss over the sampled anchors) and ``rpn_reg`` (smooth L1)."""
+        logits, labels, deltas, targets = [], [], [], []
+        for i, size in enumerate(image_sizes):
+            gt = gt_boxes[i]
+            matched = label_anchors(
+                out.anchors, gt, size, matcher=self.matcher, straddle_thresh=self.straddle_thresh
+            )
+            pos, neg = self.sampler(matched >= 0, matched == BACKGROUND)
+            idx = torch.cat((pos, neg))
+            logits.append(out.objectness_logits[i, idx])
+            labels.append((torch.arange(len(idx), device=idx.device) < len(pos)).long())
+            deltas.append(out.anchor_deltas[i, pos])
+            targets.append(self.coder.encode(out.anchors[pos], gt[matched[pos]].to(out.anchors.dtype)))
+        cls, reg = detection_losses(
+            torch.cat(logits),
+            torch.cat(labels),
+            torch.cat(deltas),
+            torch.cat(targets),
+            beta=self.smooth_l1_beta,
+        )
+        return {"rpn_cls": cls * self.loss_weight_cls, "rpn_reg": reg * self.loss_weight_reg}
