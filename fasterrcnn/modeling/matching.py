@@ -38,6 +38,8 @@ def match(
     if bg_thresh_hi > fg_thresh:
         raise ValueError(f"bg_thresh_hi {bg_thresh_hi} must not exceed fg_thresh {fg_thresh}")
     n = iou.shape[1]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=iou.device)
     valid = (iou >= 0).all(dim=0) if iou.shape[0] else torch.ones(n, dtype=torch.bool, device=iou.device)
     if iou.shape[0] == 0:
         out = torch.full((n,), BACKGROUND, dtype=torch.int64, device=iou.device)

@@ -1,0 +1,253 @@
+"""Tests of the synthetic shapes dataset: determinism, geometry invariants, API."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fasterrcnn.config import ConfigError
+from fasterrcnn.data.dataset import DataError, DetectionDataset
+from fasterrcnn.data.shapes import (
+    SHAPES_CLASSES,
+    ShapesDataset,
+    ShapesSpec,
+    cross_mask,
+    ellipse_mask,
+    layout_for,
+    paint_layout,
+    rectangle_mask,
+    render_shapes_image,
+    ring_mask,
+    sample_layout,
+    triangle_mask,
+)
+
+
+def _pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    b = boxes.astype(np.float64)
+    lt = np.maximum(b[:, None, :2], b[None, :, :2])
+    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+@pytest.fixture(scope="module")
+def train() -> ShapesDataset:
+    return ShapesDataset("train", num_images=400, seed=0)
+
+
+@pytest.fixture(scope="module")
+def annotations(train: ShapesDataset) -> list:
+    return [train.annotation(i) for i in range(len(train))]
+
+
+def test_classes_and_protocol(train: ShapesDataset) -> None:
+    assert SHAPES_CLASSES == ("ellipse", "rectangle", "triangle", "cross", "ring")
+    assert train.classes == SHAPES_CLASSES
+    assert isinstance(train, DetectionDataset)
+    assert len(train) == 400
+
+
+def test_item_types_and_target(train: ShapesDataset) -> None:
+    image, target = train[3]
+    assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
+    assert target["size"] == tuple(image.shape[1:])
+    assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
+    assert target["image_id"] == 3 and target["file_name"] == "shapes/train/000003.png"
+    assert image.float().std() > 10  # not a blank canvas
+
+
+def test_deterministic_and_order_independent() -> None:
+    a = ShapesDataset("train", 20, seed=7, cache=False)
+    b = ShapesDataset("train", 20, seed=7)
+    later = b[11]  # accessed first in b, after other items in a
+    for i in (0, 5):
+        assert torch.equal(a[i][0], b[i][0])
+    first = a[11]
+    assert torch.equal(first[0], later[0]) and torch.equal(first[1]["boxes"], later[1]["boxes"])
+    assert torch.equal(a[11][0], first[0])  # repeated access
+    assert torch.equal(a[-1][0], a[19][0])
+
+
+def test_seed_and_split_change_images() -> None:
+    base = ShapesDataset("train", 4, seed=0)
+    other_seed = ShapesDataset("train", 4, seed=1)
+    test = ShapesDataset("test", 4, seed=0)
+    val = ShapesDataset("val", 4, seed=0)
+    for i in range(2):
+        img = base[i][0]
+        for ds in (other_seed, test, val):
+            o = ds[i][0]
+            assert o.shape != img.shape or not torch.equal(o, img)
+    sizes = {(d.annotation(0).height, d.annotation(0).width) for d in (base, other_seed, test, val)}
+    assert len(sizes) > 1
+
+
+def test_boxes_inside_nondegenerate_labels(annotations: list) -> None:
+    spec = ShapesSpec()
+    for ann in annotations:
+        assert spec.min_side <= ann.height <= spec.max_side
+        assert spec.min_side <= ann.width <= spec.max_side
+        b = ann.boxes
+        assert b.dtype == np.float32 and ann.labels.dtype == np.int64
+        assert len(ann.boxes) <= spec.max_objects
+        if len(b) == 0:
+            continue
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 2] <= ann.width).all() and (b[:, 3] <= ann.height).all()
+        assert ((b[:, 2] - b[:, 0]) >= 3).all() and ((b[:, 3] - b[:, 1]) >= 3).all()
+        assert ((ann.labels >= 1) & (ann.labels <= len(SHAPES_CLASSES))).all()
+        assert not ann.difficult.any() and not ann.iscrowd.any()
+
+
+def test_scale_aspect_class_and_size_variety(annotations: list) -> None:
+    boxes = np.concatenate([a.boxes for a in annotations])
+    labels = np.concatenate([a.labels for a in annotations])
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = np.sqrt(w * h)
+    assert side.max() / side.min() >= 8.0
+    aspect = w / h
+    assert aspect.min() < 0.6 and aspect.max() > 1.7
+    assert aspect.min() > 0.4 and aspect.max() < 2.5
+    assert set(labels.tolist()) == set(range(1, len(SHAPES_CLASSES) + 1))
+    assert len({a.height for a in annotations}) > 20 and len({a.width for a in annotations}) > 20
+    counts = {len(a.boxes) for a in annotations}
+    assert {0, 1, 8} <= counts  # empty images, single objects and crowded images all occur
+
+
+def test_overlaps_occur_but_bounded(annotations: list) -> None:
+    spec = ShapesSpec()
+    overlapping = 0
+    for ann in annotations:
+        if len(ann.boxes) < 2:
+            continue
+        iou = _pairwise_iou(ann.boxes)
+        np.fill_diagonal(iou, 0.0)
+        assert iou.max() <= spec.max_iou + 1e-6
+        overlapping += int(iou.max() > 0)
+    assert overlapping >= 20
+
+
+def test_visible_fraction_respected() -> None:
+    spec = ShapesSpec(max_objects=12, min_objects=8, min_visible=0.6)
+    rng = np.random.default_rng(3)
+    occluded = 0
+    for _ in range(40):
+        layout = sample_layout(rng, spec)
+        vis = layout.visible_fractions()
+        assert (vis >= spec.min_visible - 1e-9).all()
+        occluded += int((vis < 1.0).sum())
+    assert occluded > 0
+
+
+def test_masks_are_tight_and_match_boxes() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        layout = sample_layout(rng, ShapesSpec())
+        for o, box in zip(layout.objects, layout.boxes()):
+            m = o.mask
+            assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
+            assert tuple(box.tolist()) == (o.x0, o.y0, o.x0 + m.shape[1], o.y0 + m.shape[0])
+
+
+@pytest.mark.parametrize("clutter", [0.0, 1.0])
+def test_drawn_pixels_fill_the_box(clutter: float) -> None:
+    """The pixels that drawing an object changes have the gt box as their bounding box."""
+    spec = ShapesSpec(min_objects=1, max_objects=1, empty_fraction=0.0, clutter=clutter)
+    exact = 0
+    for seed in range(12):
+        layout = layout_for(np.random.default_rng(seed), spec)
+        image = paint_layout(layout, np.random.default_rng(100 + seed), spec)
+        empty = dataclasses.replace(layout, objects=())
+        background = paint_layout(empty, np.random.default_rng(100 + seed), spec)
+        assert image.shape == (layout.height, layout.width, 3)
+        changed = (image != background).any(axis=2)
+        ys, xs = np.nonzero(changed)
+        drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        box = layout.boxes()[0]
+        # clutter drawn on top may hide an extreme pixel; without clutter the match is exact
+        err = np.abs(drawn - box).max()
+        assert err <= (1 if clutter == 0 else 6)
+        exact += int(err <= 1)
+    assert exact >= 10
+
+
+def test_annotation_matches_item() -> None:
+    for cache in (True, False):
+        ds = ShapesDataset("test", 12, seed=2, cache=cache)
+        before = ds.annotation(4)
+        for i in range(12):
+            image, target = ds[i]
+            ann = ds.annotation(i)
+            assert (ann.height, ann.width) == tuple(image.shape[1:])
+            got = ann.as_target()
+            for k in ("boxes", "labels", "difficult", "iscrowd"):
+                assert torch.equal(got[k], target[k]), k
+            for k in ("image_id", "file_name", "size"):
+                assert got[k] == target[k], k
+        assert np.array_equal(before.boxes, ds.annotation(4).boxes)
+        before.boxes[:] = -1  # callers cannot corrupt the cache
+        assert (ds.annotation(4).boxes >= 0).all()
+
+
+def test_empty_images() -> None:
+    ds = ShapesDataset("train", 5, spec=ShapesSpec(empty_fraction=1.0))
+    for i in range(3):
+        image, target = ds[i]
+        assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+        assert image.shape[0] == 3 and image.float().std() > 5
+        assert len(ds.annotation(i).boxes) == 0
+    spec = ShapesSpec(empty_fraction=1.0)
+    image, boxes, labels = render_shapes_image(np.random.default_rng(0), spec)
+    assert image.dtype == np.uint8 and boxes.shape == (0, 4) and labels.shape == (0,)
+
+
+def test_custom_spec_sizes() -> None:
+    spec = ShapesSpec(min_side=100, max_side=120, min_object=10, max_object=40, max_objects=3)
+    ds = ShapesDataset("val", 30, spec=spec)
+    for i in range(30):
+        ann = ds.annotation(i)
+        assert 100 <= ann.height <= 120 and 100 <= ann.width <= 120
+        assert len(ann.boxes) <= 3
+        side = np.sqrt((ann.boxes[:, 2:] - ann.boxes[:, :2]).prod(1))
+        assert (side <= 40 * 1.05).all()
+    image, _ = ds[0]
+    assert tuple(image.shape[1:]) == (ds.annotation(0).height, ds.annotation(0).width)
+
+
+def test_shape_masks() -> None:
+    for m in (ellipse_mask(20, 30), rectangle_mask(20, 30), ring_mask(20, 30, 0.5),
+              cross_mask(20, 30, 0.3, 0.3, 0.5, 0.5)):
+        assert m.shape == (20, 30) and m.dtype == bool
+        assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
+    assert not ring_mask(21, 21, 0.5)[10, 10] and ellipse_mask(21, 21)[10, 10]
+    cross = cross_mask(21, 21, 0.3, 0.3, 0.5, 0.5)
+    assert cross[10, 10] and not cross[0, 0] and not cross[-1, -1]
+    up = triangle_mask(20, 20, 0.5, 0)
+    # the sharp apex may miss its pixel centre: layouts crop masks tight (tested above)
+    for turns in range(4):
+        t = triangle_mask(20, 30, 0.3, turns)
+        assert t.shape == (20, 30) and t.sum() > 0.4 * 20 * 30
+    assert up[-1].sum() > up[1].sum()  # apex on top, base at the bottom
+    assert not ellipse_mask(20, 20)[0, 0]
+
+
+def test_errors() -> None:
+    with pytest.raises(DataError):
+        ShapesDataset("training")
+    with pytest.raises(DataError):
+        ShapesDataset("train", seed=-1)
+    with pytest.raises(ConfigError):
+        ShapesSpec(min_side=300, max_side=200)
+    with pytest.raises(ConfigError):
+        ShapesSpec(max_iou=1.5)
+    ds = ShapesDataset("train", 3)
+    with pytest.raises(IndexError):
+        ds[3]
+    with pytest.raises(IndexError):
+        ds.annotation(-4)
+    assert len(list(ds)) == 3  # sequence iteration stops at the end
