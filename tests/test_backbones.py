@@ -1,0 +1,54 @@
+import pytest
+import torch
+import torchvision
+
+from fasterrcnn.config import BackboneConfig, ConfigError
+from fasterrcnn.modeling.backbones import BackboneWeightsError, build_backbone
+
+
+def test_vgg16_stride_channels_and_frozen_conv1_conv2():
+    b = build_backbone(BackboneConfig(name="vgg16"))
+    assert b(torch.zeros(1, 3, 224, 160)).shape == (1, 512, 14, 10)
+    convs = [m for m in b.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.weight.requires_grad for c in convs] == [False] * 4 + [True] * 9
+
+
+def test_vgg16_loads_torchvision_layout_with_fc6_fc7(tmp_path):
+    tv = torchvision.models.vgg16()
+    path = tmp_path / "vgg16.pth"
+    torch.save(tv.state_dict(), path)
+    b = build_backbone(BackboneConfig(name="vgg16", weights=str(path)))
+    torch.testing.assert_close(b.features[28].weight, tv.features[28].weight)
+    torch.testing.assert_close(b.box_head_state["fc6.weight"], tv.classifier[0].weight)
+    torch.testing.assert_close(b.box_head_state["fc7.bias"], tv.classifier[3].bias)
+    from fasterrcnn.config import ModelConfig
+    from fasterrcnn.modeling.faster_rcnn import build_model
+
+    model = build_model(ModelConfig(backbone=BackboneConfig(name="vgg16", weights=str(path))))
+    torch.testing.assert_close(model.roi_heads.box_head.fc6.weight, tv.classifier[0].weight)
+
+
+def test_zf_and_tiny_shapes():
+    assert build_backbone(BackboneConfig(name="zf")).forward(torch.zeros(1, 3, 224, 224)).shape == (1, 256, 14, 14)
+    tiny = build_backbone(BackboneConfig(name="tiny", stride=8, width=16))
+    assert tiny(torch.zeros(1, 3, 64, 96)).shape == (1, 32, 8, 12)
+    tiny16 = build_backbone(BackboneConfig(name="tiny", stride=16, width=16))
+    assert tiny16(torch.zeros(1, 3, 64, 96)).shape == (1, 64, 4, 6)
+
+
+def test_bad_weights_and_names(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        build_backbone(BackboneConfig(name="zf", weights=str(tmp_path / "nope.pth")))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneWeightsError, match="junk.pth"):
+        build_backbone(BackboneConfig(name="zf", weights=str(junk)))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(BackboneWeightsError, match="wrong.pth"):
+        build_backbone(BackboneConfig(name="zf", weights=str(wrong)))
+    with pytest.raises(ConfigError):
+        build_backbone(BackboneConfig(name="resnet9000"))
+    with pytest.raises(ConfigError):
+        build_backbone(BackboneConfig(name="vgg16", stride=8))

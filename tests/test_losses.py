@@ -1,0 +1,40 @@
+import math
+
+import torch
+
+from fasterrcnn.modeling.losses import detection_losses, smooth_l1
+
+
+def test_smooth_l1_hand_values():
+    x = torch.tensor([0.5, 2.0, -0.05, 1.0])
+    t = torch.zeros(4)
+    torch.testing.assert_close(smooth_l1(x, t, 1.0), torch.tensor([0.125, 1.5, 0.00125, 0.5]))
+    torch.testing.assert_close(
+        smooth_l1(x, t, 1 / 9), torch.tensor([0.5 - 1 / 18, 2 - 1 / 18, 0.5 * 0.0025 * 9, 1 - 1 / 18])
+    )
+    torch.testing.assert_close(smooth_l1(x, t, 0.0), x.abs())
+
+
+def test_detection_losses_hand_case():
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
+    labels = torch.tensor([1, 1])
+    # CE: log 2 and log(4/3)
+    deltas = torch.tensor([[0.5, 0.0, 0.0, 2.0]])
+    targets = torch.zeros(1, 4)
+    cls, reg = detection_losses(logits, labels, deltas, targets, beta=1.0)
+    torch.testing.assert_close(cls, torch.tensor((math.log(2) + math.log(4 / 3)) / 2))
+    torch.testing.assert_close(reg, torch.tensor((0.125 + 1.5) / 2))  # sum over fg / sampled
+
+
+def test_no_samples_gives_zero_with_graph():
+    logits = torch.zeros(0, 2, requires_grad=True)
+    cls, reg = detection_losses(logits, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), torch.zeros(0, 4), beta=1.0)
+    assert cls.item() == 0 and reg.item() == 0
+    cls.backward()
+
+
+def test_background_only_has_no_regression_loss():
+    logits = torch.tensor([[2.0, -1.0]])
+    cls, reg = detection_losses(logits, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(0, 4), beta=1.0)
+    torch.testing.assert_close(cls, torch.log1p(torch.exp(torch.tensor(-3.0))))
+    assert reg.item() == 0

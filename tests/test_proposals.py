@@ -1,0 +1,65 @@
+import math
+
+import torch
+
+from fasterrcnn.modeling.box_coding import BoxCoder
+from fasterrcnn.modeling.proposals import add_gt_boxes, best_iou, select_proposals
+
+ANCHORS = torch.tensor(
+    [
+        [0.0, 0, 20, 20],  # 0
+        [1.0, 1, 21, 21],  # 1: overlaps 0 heavily
+        [50.0, 50, 80, 80],  # 2
+        [90.0, 90, 92, 92],  # 3: tiny
+        [-30.0, -30, 10, 10],  # 4: crosses the border -> clipped to [0, 0, 10, 10]
+    ]
+)
+
+
+def _select(scores, deltas=None, **kw):
+    args = dict(pre_nms_top_n=100, post_nms_top_n=100, nms_thresh=0.7, min_size=4.0)
+    args.update(kw)
+    if deltas is None:
+        deltas = torch.zeros(1, len(ANCHORS), 4)
+    return select_proposals(ANCHORS, scores, deltas, [(100, 100)], coder=BoxCoder(), **args)
+
+
+def test_nms_clip_and_min_size():
+    boxes, scores = _select(torch.tensor([[5.0, 4.0, 3.0, 9.0, 1.0]]))
+    # anchor 3 is 2x2 < min_size; anchor 1 suppressed by anchor 0 (IoU 0.82 > 0.7)
+    torch.testing.assert_close(boxes[0], torch.tensor([[0.0, 0, 20, 20], [50, 50, 80, 80], [0, 0, 10, 10]]))
+    torch.testing.assert_close(scores[0], torch.tensor([5.0, 3.0, 1.0]))
+
+
+def test_top_n_limits():
+    s = torch.tensor([[5.0, 4.0, 3.0, 9.0, 1.0]])
+    boxes, _ = _select(s, pre_nms_top_n=2)  # anchors 0, 1 survive the top-2, 1 is suppressed
+    assert len(boxes[0]) == 1
+    boxes, _ = _select(s, post_nms_top_n=2)
+    assert len(boxes[0]) == 2
+
+
+def test_inf_and_nan_never_reach_the_output():
+    s = torch.tensor([[math.inf, math.nan, -math.inf, 1.0, 2.0]])
+    d = torch.zeros(1, 5, 4)
+    d[0, 4] = torch.tensor([math.nan, 0, 0, 0])
+    boxes, scores = _select(s, d, min_size=0.0)
+    assert torch.isfinite(boxes[0]).all()
+    assert not torch.isnan(scores[0]).any()
+    # non-finite scores (+inf, NaN, -inf: anchors 0-2) and the NaN box (anchor 4) are dropped
+    torch.testing.assert_close(boxes[0], ANCHORS[3:4])
+    torch.testing.assert_close(scores[0], torch.tensor([1.0]))
+
+
+def test_empty_when_everything_filtered():
+    boxes, scores = _select(torch.zeros(1, 5), min_size=1000.0)
+    assert boxes[0].shape == (0, 4) and scores[0].shape == (0,)
+
+
+def test_add_gt_and_best_iou():
+    props = [torch.tensor([[0.0, 0, 10, 10]])]
+    gts = [torch.tensor([[0.0, 0, 10, 20]])]
+    merged = add_gt_boxes(props, gts)
+    assert merged[0].shape == (2, 4)
+    torch.testing.assert_close(best_iou(merged[0], gts[0]), torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(best_iou(props[0], torch.zeros(0, 4)), torch.tensor([0.0]))

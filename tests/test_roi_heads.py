@@ -1,0 +1,83 @@
+import math
+
+import torch
+
+from fasterrcnn.modeling.box_coding import BoxCoder
+from fasterrcnn.modeling.matching import Matcher
+from fasterrcnn.modeling.postprocess import detect
+from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler, sample_rois
+from fasterrcnn.modeling.sampling import Sampler
+
+ROI_MATCHER = Matcher(0.5, 0.5, 0.0)
+
+
+def _heads(k=3, c=4, pooler="roi_pool"):
+    return RoIHeads(
+        RoIPooler(pooler, 7, 16),
+        BoxHead(c * 49, 32),
+        BoxPredictor(32, k),
+        matcher=ROI_MATCHER,
+        sampler=Sampler(16, 0.25),
+        coder=BoxCoder((10, 10, 5, 5)),
+    )
+
+
+def test_sample_rois_labels_and_targets():
+    props = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60], [0, 0, 20, 20]])
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    rois, labels, matched = sample_rois(props, gt, torch.tensor([3]), matcher=ROI_MATCHER, sampler=Sampler(4, 0.5))
+    # fg: 0 (IoU 1), 1 (0.9); bg: 2 (0), 3 (0.25)
+    assert labels.tolist()[:2] == [3, 3] and labels.tolist()[2:] == [0, 0]
+    assert (matched[:2] == gt).all()
+    torch.testing.assert_close(matched[2:], rois[2:])
+
+
+def test_sample_rois_without_ground_truth():
+    props = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
+    rois, labels, _ = sample_rois(props, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), matcher=ROI_MATCHER, sampler=Sampler(8, 0.25))
+    assert labels.tolist() == [0, 0] and len(rois) == 2
+
+
+def test_shapes_loss_and_predict():
+    for pooler in ("roi_pool", "roi_align"):
+        heads = _heads(pooler=pooler)
+        feats = torch.randn(2, 4, 8, 8)
+        props = [torch.tensor([[0.0, 0, 40, 40], [10, 10, 100, 60]]), torch.zeros(0, 4)]
+        logits, deltas = heads(feats, props)
+        assert logits.shape == (2, 4) and deltas.shape == (2, 16)
+        gts = [torch.tensor([[0.0, 0, 40, 44]]), torch.tensor([[8.0, 8, 64, 64]])]
+        labels = [torch.tensor([2]), torch.tensor([1])]
+        losses = heads.loss(feats, props, gts, labels)
+        assert set(losses) == {"roi_cls", "roi_reg"} and all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        dets = heads.predict(feats, props, [(128, 128), (128, 128)])
+        assert len(dets) == 2 and dets[1]["boxes"].shape == (0, 4)
+
+
+def test_detect_hand_case():
+    # one RoI, class 2 of K=2 dominates; class 2 deltas shift right by 0.1 * width
+    logits = torch.tensor([[0.0, 0.0, math.log(98.0)]])  # probs 0.01, 0.01, 0.98
+    deltas = torch.zeros(1, 12)
+    deltas[0, 8] = 1.0  # dx = 1 / 10 (weights 10)
+    rois = [torch.tensor([[10.0, 10, 30, 50]])]
+    out = detect(logits, deltas, rois, [(100, 100)], coder=BoxCoder((10, 10, 5, 5)), score_thresh=0.05, nms_thresh=0.3, detections_per_img=10)
+    assert out[0]["labels"].tolist() == [2]
+    torch.testing.assert_close(out[0]["scores"], torch.tensor([0.98]))
+    torch.testing.assert_close(out[0]["boxes"], torch.tensor([[12.0, 10, 32, 50]]))
+
+
+def test_detect_per_class_nms_and_cap():
+    logits = torch.zeros(3, 3)
+    logits[:, 1] = torch.tensor([3.0, 2.0, 1.0])
+    logits[:, 2] = torch.tensor([2.5, 0.0, 0.0])
+    rois = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]])]
+    out = detect(logits, torch.zeros(3, 12), rois, [(100, 100)], coder=BoxCoder(), score_thresh=0.2, nms_thresh=0.5, detections_per_img=100)
+    # softmax rows: roi0 (.030, .604, .366), roi1 (.106, .787, .106), roi2 (.212, .576, .212)
+    # class 1: roi1 (.787) suppresses roi0 (IoU 10/11); class 2: roi0 (.366) and roi2 (.212)
+    # survive: NMS of one class never suppresses another class
+    got = sorted(zip(out[0]["labels"].tolist(), out[0]["boxes"][:, 3].tolist()))
+    assert got == [(1, 11.0), (1, 60.0), (2, 10.0), (2, 60.0)]
+    torch.testing.assert_close(out[0]["scores"][0], torch.tensor(0.7870), atol=1e-4, rtol=0)
+    out = detect(logits, torch.zeros(3, 12), rois, [(100, 100)], coder=BoxCoder(), score_thresh=0.2, nms_thresh=0.5, detections_per_img=1)
+    assert len(out[0]["boxes"]) == 1 and out[0]["labels"].item() == 1
+    assert out[0]["boxes"][0, 3].item() == 11.0

@@ -1,0 +1,79 @@
+import torch
+
+from fasterrcnn.modeling.anchors import AnchorGenerator
+from fasterrcnn.modeling.box_coding import BoxCoder
+from fasterrcnn.modeling.matching import BACKGROUND, IGNORE, Matcher
+from fasterrcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork, RPNHead, label_anchors
+from fasterrcnn.modeling.sampling import Sampler
+
+RPN_MATCHER = Matcher(0.7, 0.3, 0.0, True)
+
+
+def _rpn(channels=8, sizes=(32.0,), ratios=(0.5, 1.0, 2.0), stride=16):
+    gen = AnchorGenerator(sizes, ratios, stride)
+    return RegionProposalNetwork(
+        RPNHead(channels, channels, gen.num_anchors),
+        gen,
+        matcher=RPN_MATCHER,
+        sampler=Sampler(256, 0.5),
+        coder=BoxCoder(),
+        train_settings=ProposalSettings(2000, 200, 0.7, 0.0),
+        test_settings=ProposalSettings(1000, 50, 0.7, 0.0),
+    )
+
+
+def test_head_shapes_and_channel_layout():
+    head = RPNHead(4, 4, 3)
+    x = torch.randn(2, 4, 5, 6)
+    logits, deltas = head(x)
+    assert logits.shape == (2, 5 * 6 * 3, 2) and deltas.shape == (2, 5 * 6 * 3, 4)
+    # cls channels [bg a0..a2, fg a0..a2]: make only the fg channel of anchor 1 respond
+    with torch.no_grad():
+        head.cls_logits.weight.zero_()
+        head.cls_logits.bias.zero_()
+        head.cls_logits.bias[3 + 1] = 5.0
+        head.bbox_pred.weight.zero_()
+        head.bbox_pred.bias.zero_()
+        head.bbox_pred.bias[4 * 2 + 3] = 7.0  # dh of anchor 2
+    logits, deltas = head(x)
+    a = torch.arange(logits.shape[1]) % 3
+    assert (logits[:, a == 1, 1] == 5.0).all() and (logits[:, a != 1, 1] == 0).all()
+    assert (logits[..., 0] == 0).all()
+    assert (deltas[:, a == 2, 3] == 7.0).all() and (deltas[:, a != 2] == 0).all()
+
+
+def test_label_anchors_ignores_cross_boundary():
+    anchors = torch.tensor([[0.0, 0, 32, 32], [-8, 0, 24, 32], [40, 40, 72, 72], [0, 0, 8, 8]])
+    gt = torch.tensor([[-4.0, 0, 28, 32]])
+    m = label_anchors(anchors, gt, (100, 100), matcher=RPN_MATCHER, straddle_thresh=0.0)
+    # anchor 1 would be the best match but crosses the border: ignored; anchor 0 (IoU 0.78) fg
+    assert m.tolist() == [0, IGNORE, BACKGROUND, BACKGROUND]
+    m = label_anchors(anchors, gt, (100, 100), matcher=RPN_MATCHER, straddle_thresh=None)
+    assert m.tolist() == [0, 0, BACKGROUND, BACKGROUND]
+
+
+def test_label_anchors_without_ground_truth():
+    anchors = torch.tensor([[0.0, 0, 32, 32], [-8, 0, 24, 32]])
+    m = label_anchors(anchors, torch.zeros(0, 4), (64, 64), matcher=RPN_MATCHER, straddle_thresh=0.0)
+    assert m.tolist() == [BACKGROUND, IGNORE]
+
+
+def test_loss_and_proposals_end_to_end():
+    rpn = _rpn()
+    feats = torch.randn(2, 8, 6, 8)
+    out = rpn(feats)
+    assert out.anchors.shape == (6 * 8 * 3, 4)
+    sizes = [(96, 128), (80, 100)]
+    gts = [torch.tensor([[10.0, 10, 50, 40], [60, 20, 100, 90]]), torch.zeros(0, 4)]
+    losses = rpn.loss(out, sizes, gts)
+    assert set(losses) == {"rpn_cls", "rpn_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert rpn.head.conv.weight.grad is not None
+    boxes, scores = rpn.propose(out, sizes, training=False)
+    assert len(boxes) == 2 and all(len(b) <= 50 for b in boxes)
+    assert all(((s >= 0) & (s <= 1)).all() for s in scores)
+    for b, (h, w) in zip(boxes, sizes):
+        assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all() and (b[:, :2] >= 0).all()
+    boxes_train, _ = rpn.propose(out, sizes, training=True)
+    assert all(len(bt) >= len(b) for bt, b in zip(boxes_train, boxes))
