@@ -1,0 +1,503 @@
+"""Checking a dataset: every problem listed with its file, plus statistics; and skipping bad data.
+
+The readers (VOC, COCO, folder) run in one of two modes:
+  * ``strict=True`` (default): the first problem raises :class:`DataError` naming the file (and
+    line / object where it applies);
+  * ``strict=False``: every problem is recorded as a :class:`Problem` in the dataset's
+    ``problems`` list and the bad part is left out (a bad object is dropped; an annotation file
+    that cannot be used, or whose image is missing or unreadable, drops the whole image).
+
+:func:`check_dataset` opens a data spec leniently (or takes a dataset), adds the checks that
+need the image files (missing, corrupt, size disagreeing with the annotation) and the box
+checks for datasets that are not read by those readers, and returns a :class:`CheckReport`.
+
+For training with ``--on-bad-data error|skip`` use :func:`prepare_dataset`: ``error`` raises a
+DataError whose message is the full report; ``skip`` returns a view without the bad images and
+boxes (:func:`sanitize`), logging one warning per dropped item.
+
+Problem kinds: see :data:`PROBLEM_KINDS`. A :class:`Problem` with ``index`` set concerns image
+``index`` of the dataset as it stands (``obj`` set: object ``obj`` of ``dataset.annotation(index)``;
+``obj`` unset: the whole image); reader problems have ``index=None`` because the reader already
+left the bad part out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fasterrcnn.config import AnchorConfig, InputConfig
+from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset, load_image
+from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, suggest_anchors
+
+logger = logging.getLogger("fasterrcnn.data")
+
+# --------------------------------------------------------------------------- problems
+
+MALFORMED = "malformed"  # unparseable file, missing field, bad number, bad line
+EMPTY_ANNOTATION = "empty_annotation"  # annotation file with no content at all
+MISSING_ANNOTATION = "missing_annotation"  # listed in a split file but no annotation file
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"  # the image file cannot be read / decoded
+SIZE_MISMATCH = "size_mismatch"  # recorded size (XML <size>, COCO width/height) != the file's
+BOX_OUTSIDE = "box_outside"  # beyond the image by more than the tolerance (1 px)
+DEGENERATE_BOX = "degenerate_box"  # x2 <= x1 or y2 <= y1 (or non-finite)
+UNKNOWN_CLASS = "unknown_class"  # class name not in the given class list / label out of range
+
+PROBLEM_KINDS: tuple[str, ...] = (
+    MALFORMED, EMPTY_ANNOTATION, MISSING_ANNOTATION, MISSING_IMAGE, CORRUPT_IMAGE,
+    SIZE_MISMATCH, BOX_OUTSIDE, DEGENERATE_BOX, UNKNOWN_CLASS,
+)
+
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image before it is a problem
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset. ``str(problem)`` is ``file[:line]: message``."""
+
+    file: str
+    message: str
+    kind: str
+    line: int | None = None
+    index: int | None = None  # image index in the dataset (None: already left out by the reader)
+    obj: int | None = None  # object index in dataset.annotation(index)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else f"{self.file}"
+        return f"{where}: {self.message}"
+
+
+class ProblemLog:
+    """Collects problems; in strict mode the first fatal one raises :class:`DataError`."""
+
+    def __init__(self, strict: bool = True) -> None:
+        self.strict = strict
+        self.problems: list[Problem] = []
+
+    def add(
+        self,
+        file: str | Path,
+        message: str,
+        kind: str,
+        *,
+        line: int | None = None,
+        fatal: bool = True,
+    ) -> None:
+        problem = Problem(str(file), message, kind, line)
+        if self.strict and fatal:
+            raise DataError(str(problem))
+        if not fatal:
+            logger.warning("%s", problem)
+        self.problems.append(problem)
+
+
+def collect_problems(dataset: object) -> list[Problem]:
+    """Reader problems of ``dataset`` and of the datasets it wraps (``parts``, ``base``)."""
+    out: list[Problem] = list(getattr(dataset, "problems", None) or [])
+    for part in getattr(dataset, "parts", None) or []:
+        out.extend(collect_problems(part))
+    base = getattr(dataset, "base", None)
+    if base is not None and not hasattr(dataset, "problems"):
+        out.extend(collect_problems(base))
+    return out
+
+
+# --------------------------------------------------------------------------- shared file helpers
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the image header (no full decode); DataError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    return int(height), int(width)
+
+
+def find_image(candidates: Iterable[Path]) -> Path | None:
+    """The first of ``candidates`` that is an existing file."""
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def stem_candidates(folder: Path, stem: str) -> list[Path]:
+    """``folder/stem.EXT`` for every common image extension (lower and upper case)."""
+    return [folder / f"{stem}{e}" for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+
+
+def load_sample(path: str | Path, ann: Annotation) -> tuple[torch.Tensor, dict]:
+    """Decode the image of ``ann`` and return ``(image, ann.as_target())``; DataError when the
+    image's size is not the annotation's."""
+    image = load_image(path)
+    h, w = int(image.shape[1]), int(image.shape[2])
+    if (h, w) != (ann.height, ann.width):
+        raise DataError(
+            f"{path}: image is {w}x{h} (WxH) but its annotation says {ann.width}x{ann.height}"
+        )
+    return image, ann.as_target()
+
+
+def box_issue(
+    box: Sequence[float], height: int, width: int, tolerance: float = BOX_TOLERANCE
+) -> tuple[str, str] | None:
+    """``(kind, message)`` when the xyxy ``box`` is degenerate or outside the image, else None."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    text = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return DEGENERATE_BOX, f"box {text} has non-finite coordinates"
+    if x2 <= x1 or y2 <= y1:
+        return DEGENERATE_BOX, f"degenerate box {text} (x2 <= x1 or y2 <= y1)"
+    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+        return BOX_OUTSIDE, f"box {text} is outside the {width}x{height} (WxH) image"
+    return None
+
+
+def box_issues(
+    boxes: np.ndarray, height: int, width: int, tolerance: float = BOX_TOLERANCE
+) -> list[tuple[int, str, str]]:
+    """``(object index, kind, message)`` for each degenerate box or box outside the image."""
+    out: list[tuple[int, str, str]] = []
+    for k, b in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4).tolist()):
+        issue = box_issue(b, height, width, tolerance)
+        if issue is not None:
+            out.append((k, *issue))
+    return out
+
+
+def check_image_file(
+    path: Path, height: int, width: int, decode: bool = True
+) -> list[tuple[str, str]]:
+    """``(kind, message)`` problems of one image file: missing, unreadable, size mismatch.
+
+    With ``decode`` the pixels are decoded too (JPEGs at 1/8 scale, which still reads all of
+    the file) so that truncated files are found.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        return [(MISSING_IMAGE, "image file not found")]
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if decode:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
+        return [(CORRUPT_IMAGE, f"cannot read image ({exc})")]
+    if (h, w) != (height, width):
+        return [(SIZE_MISMATCH, f"image is {w}x{h} (WxH) but its annotation says {width}x{height}")]
+    return []
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class CheckReport:
+    """Everything :func:`check_dataset` found; ``ok`` when there is no problem."""
+
+    source: str
+    classes: tuple[str, ...]
+    problems: list[Problem] = field(default_factory=list)
+    num_images: int = 0
+    num_objects: int = 0
+    num_negative: int = 0  # images without any object
+    num_difficult: int = 0
+    num_crowd: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    box_stats: dict = field(default_factory=dict)  # stats.box_statistics, original pixels
+    anchor_sizes: tuple[float, ...] = ()
+    aspect_ratios: tuple[float, ...] = ()
+    anchor_coverage: dict[float, float] = field(default_factory=dict)  # on network-input boxes
+    suggested_anchors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts_by_kind(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems))
+
+    def format(self, max_problems: int | None = 50) -> str:
+        """Readable multi-line report (at most ``max_problems`` problems listed; None = all)."""
+        lines = [f"Dataset check: {self.source}"]
+        lines.append(
+            f"  images: {self.num_images} ({self.num_negative} without objects); objects: "
+            f"{self.num_objects} (difficult {self.num_difficult}, crowd {self.num_crowd})"
+        )
+        lines.append(f"  classes ({len(self.classes)}):")
+        for name in self.classes:
+            lines.append(f"    {name}: {self.class_counts.get(name, 0)}")
+        for key, title in (("sqrt_area", "box sqrt(area) px"), ("aspect_ratio", "box h/w")):
+            s = self.box_stats.get(key) or {}
+            if s:
+                parts = ", ".join(f"{k} {v:.3g}" for k, v in s.items() if k != "mean")
+                lines.append(f"  {title}: {parts}")
+        if self.anchor_coverage:
+            cov = ", ".join(
+                f"IoU>={t:g}: {100 * v:.1f}%" for t, v in self.anchor_coverage.items()
+                if not math.isnan(v)
+            )
+            if cov:
+                lines.append(
+                    f"  anchor coverage (sizes {_fmt(self.anchor_sizes)}, ratios "
+                    f"{_fmt(self.aspect_ratios)}; shape IoU at input scale, an upper bound): {cov}"
+                )
+        if self.suggested_anchors is not None:
+            s, r = self.suggested_anchors
+            lines.append(f"  suggested anchors: sizes {_fmt(s)}, ratios {_fmt(r)}")
+        if self.ok:
+            lines.append("  no problems found")
+            return "\n".join(lines)
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.counts_by_kind().items()))
+        lines.append(f"  PROBLEMS: {len(self.problems)} ({kinds})")
+        shown = self.problems if max_problems is None else self.problems[:max_problems]
+        lines.extend(f"    {p}" for p in shown)
+        if len(shown) < len(self.problems):
+            lines.append(f"    ... and {len(self.problems) - len(shown)} more")
+        return "\n".join(lines)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def open_dataset(
+    data: str | DetectionDataset, classes: Sequence[str] | None = None, strict: bool = False
+) -> tuple[DetectionDataset, str]:
+    """``(dataset, source text)`` for a data spec (opened leniently by default) or a dataset."""
+    if isinstance(data, str):
+        from fasterrcnn.data.spec import parse_data_spec
+
+        return parse_data_spec(data, classes=classes, strict=strict), data
+    return data, repr(data) if type(data).__repr__ is not object.__repr__ else type(data).__name__
+
+
+def check_dataset(
+    data: str | DetectionDataset,
+    *,
+    classes: Sequence[str] | None = None,
+    decode_images: bool = True,
+    anchors: AnchorConfig | None = None,
+    input_cfg: InputConfig | None = None,
+    tolerance: float = BOX_TOLERANCE,
+) -> CheckReport:
+    """Check a data spec (``"voc:..."``, read leniently) or a dataset; list every problem.
+
+    Checks: the readers' problems (malformed / empty / missing annotation files, unknown
+    classes, bad boxes), then per image: the image file exists and can be read (``decode_images``
+    decodes the pixels, finding truncated files; otherwise only the header is read), its size
+    agrees with the annotation, boxes are inside the image (``tolerance`` px) and not
+    degenerate, labels are in 1..K. Images whose ``file_name`` is not a file (e.g. synthetic
+    data) are produced with ``dataset[i]`` instead when ``decode_images``.
+
+    ``classes`` is passed to the readers when ``data`` is a spec (unknown names are problems).
+
+    Statistics: counts per class, box statistics, and the coverage of the anchors in
+    ``anchors`` (default: the paper's) on boxes resized as ``input_cfg`` (default 600 / 1000).
+    """
+    ds, source = open_dataset(data, classes)
+    anchors = anchors or AnchorConfig()
+    input_cfg = input_cfg or InputConfig()
+    problems = collect_problems(ds)
+    anns: list[Annotation] = []
+    k = len(ds.classes)
+    for i in range(len(ds)):
+        try:
+            ann = ds.annotation(i)
+        except DataError as exc:
+            problems.append(Problem(f"image {i}", str(exc), MALFORMED, index=i))
+            continue
+        anns.append(ann)
+        for obj, kind, msg in box_issues(ann.boxes, ann.height, ann.width, tolerance):
+            problems.append(Problem(ann.file_name, f"object {obj}: {msg}", kind, index=i, obj=obj))
+        for obj, label in enumerate(ann.labels.tolist()):
+            if not 1 <= label <= k:
+                problems.append(Problem(
+                    ann.file_name, f"object {obj}: label {label} is not in 1..{k}",
+                    UNKNOWN_CLASS, index=i, obj=obj,
+                ))
+        problems.extend(_image_problems(ds, i, ann, decode_images))
+    counts = Counter(int(v) for ann in anns for v in ann.labels.tolist())
+    scaled = input_boxes(anns, input_cfg.min_size_test, input_cfg.max_size_test)
+    suggestion = None
+    try:
+        suggestion = suggest_anchors(scaled, len(anchors.sizes), len(anchors.aspect_ratios))
+    except ValueError:
+        pass
+    return CheckReport(
+        source=source,
+        classes=tuple(ds.classes),
+        problems=problems,
+        num_images=len(ds),
+        num_objects=sum(len(a.boxes) for a in anns),
+        num_negative=sum(1 for a in anns if len(a.boxes) == 0),
+        num_difficult=int(sum(a.difficult.sum() for a in anns)),
+        num_crowd=int(sum(a.iscrowd.sum() for a in anns)),
+        class_counts={name: counts.get(j + 1, 0) for j, name in enumerate(ds.classes)},
+        box_stats=box_statistics(anns),
+        anchor_sizes=tuple(anchors.sizes),
+        aspect_ratios=tuple(anchors.aspect_ratios),
+        anchor_coverage=anchor_coverage(scaled, anchors.sizes, anchors.aspect_ratios),
+        suggested_anchors=suggestion,
+    )
+
+
+def _image_problems(
+    ds: DetectionDataset, i: int, ann: Annotation, decode: bool
+) -> list[Problem]:
+    path = Path(ann.file_name)
+    if path.is_file():
+        return [
+            Problem(ann.file_name, msg, kind, index=i)
+            for kind, msg in check_image_file(path, ann.height, ann.width, decode)
+        ]
+    if not decode:
+        return []
+    try:
+        image, _ = ds[i]
+    except DataError as exc:
+        kind = MISSING_IMAGE if "not found" in str(exc) else CORRUPT_IMAGE
+        return [Problem(ann.file_name, str(exc), kind, index=i)]
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    if (h, w) != (ann.height, ann.width):
+        msg = f"image is {w}x{h} (WxH) but its annotation says {ann.width}x{ann.height}"
+        return [Problem(ann.file_name, msg, SIZE_MISMATCH, index=i)]
+    return []
+
+
+# --------------------------------------------------------------------------- skipping bad data
+
+
+class SanitizedDataset:
+    """A view of ``base`` keeping the images ``indices`` and, in each, dropping the objects
+    listed in ``drop_objects[base_index]``. Image ids are those of ``base``."""
+
+    def __init__(
+        self,
+        base: DetectionDataset,
+        indices: Sequence[int],
+        drop_objects: dict[int, set[int]] | None = None,
+    ) -> None:
+        self.base = base
+        self.classes = tuple(base.classes)
+        self.indices = [int(i) for i in indices]
+        self.drop_objects = {int(k): set(v) for k, v in (drop_objects or {}).items()}
+        self.problems: list[Problem] = []  # the bad parts of ``base`` are already left out
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return f"SanitizedDataset({len(self)} of {len(self.base)} images of {self.base!r})"
+
+    def _keep(self, base_index: int, n: int) -> np.ndarray:
+        keep = np.ones(n, bool)
+        for obj in self.drop_objects.get(base_index, ()):
+            if 0 <= obj < n:
+                keep[obj] = False
+        return keep
+
+    def annotation(self, index: int) -> Annotation:
+        j = self.indices[index]
+        ann = self.base.annotation(j)
+        return ann.select(self._keep(j, len(ann.boxes)))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        j = self.indices[index]
+        image, target = self.base[j]
+        target = dict(target)
+        keep = torch.from_numpy(self._keep(j, len(target["boxes"])))
+        for key in ("boxes", "labels", "difficult", "iscrowd"):
+            if key in target:
+                target[key] = target[key][keep]
+        return image, target
+
+
+def sanitize(
+    dataset: DetectionDataset, report: CheckReport, log: logging.Logger | None = None
+) -> SanitizedDataset:
+    """``dataset`` without the images and boxes ``report`` found bad; one warning per item.
+
+    ``report`` must come from :func:`check_dataset` on this very dataset.
+    """
+    log = log or logger
+    if report.num_images != len(dataset):
+        raise ValueError(
+            f"report covers {report.num_images} images but the dataset has {len(dataset)}"
+        )
+    bad_images: set[int] = set()
+    drop: dict[int, set[int]] = {}
+    for p in report.problems:
+        if p.index is None:
+            log.warning("bad data skipped: %s", p)
+        elif p.obj is None:
+            if p.index not in bad_images:
+                log.warning("bad data: skipping image %d: %s", p.index, p)
+            bad_images.add(p.index)
+    for p in report.problems:
+        if p.index is not None and p.obj is not None and p.index not in bad_images:
+            log.warning("bad data: skipping object %d of image %d: %s", p.obj, p.index, p)
+            drop.setdefault(p.index, set()).add(p.obj)
+    keep = [i for i in range(len(dataset)) if i not in bad_images]
+    return SanitizedDataset(dataset, keep, drop)
+
+
+ON_BAD_DATA = ("error", "skip")
+
+
+def prepare_dataset(
+    data: str | DetectionDataset,
+    *,
+    on_bad_data: str = "error",
+    classes: Sequence[str] | None = None,
+    decode_images: bool = True,
+    anchors: AnchorConfig | None = None,
+    input_cfg: InputConfig | None = None,
+    log: logging.Logger | None = None,
+) -> tuple[DetectionDataset, CheckReport]:
+    """Open and check ``data`` for training; ``(dataset, report)``.
+
+    ``on_bad_data="error"``: any problem raises :class:`DataError` whose message is the full
+    report. ``"skip"``: the bad images / boxes are dropped (:func:`sanitize`) with a logged
+    warning each. DataError too when nothing usable is left.
+    """
+    if on_bad_data not in ON_BAD_DATA:
+        raise DataError(f"on_bad_data must be one of {ON_BAD_DATA}, got {on_bad_data!r}")
+    ds, source = open_dataset(data, classes)
+    report = check_dataset(
+        ds, decode_images=decode_images, anchors=anchors, input_cfg=input_cfg
+    )
+    report.source = source
+    if not report.ok:
+        if on_bad_data == "error":
+            raise DataError(
+                report.format(max_problems=None)
+                + "\n(fix the data, or pass --on-bad-data skip to leave the bad parts out)"
+            )
+        ds = sanitize(ds, report, log)
+    if len(ds) == 0:
+        raise DataError(f"{source}: no usable images")
+    return ds, report
