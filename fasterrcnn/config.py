@@ -125,6 +125,7 @@ class TrainConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16"
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     include_difficult: bool = False  # train on VOC "difficult" objects
+    sync_bn: bool = True  # multi-GPU (CUDA DDP): BatchNorm statistics over the global batch
     # 4-step alternating training: iterations of each step (lr schedule scaled per step)
     alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
 

@@ -1,0 +1,583 @@
+"""The training loop (approximate joint training, the paper's end-to-end scheme).
+
+One iteration: take a batch from the grouped sampler (:mod:`fasterrcnn.data.loader`), compute
+``model.loss(images, targets)`` (RPN + Fast R-CNN losses; the total is their sum), back-propagate
+through everything at once (proposal coordinates are treated as constants: *approximate* joint
+training), and take an SGD step with momentum at the step-schedule learning rate.
+
+Optimiser: SGD with ``train.momentum``; weight decay ``train.weight_decay`` on weights (tensors
+with ``ndim >= 2``) and none on biases / 1-D parameters, one learning rate for all. (py-faster-rcnn
+additionally doubles the biases' learning rate; we keep a single rate, which is the simpler and
+widely used variant.) Only parameters with ``requires_grad`` are optimised.
+
+Making a multi-day run safe:
+
+* ``DIR/last.pt`` is written atomically every ``checkpoint_period`` iterations and at the end,
+  ``DIR/model_final.pt`` (weights only) at the end. Resuming (``resume="auto"`` or a path) restores
+  model, optimizer, schedule, AMP scaler, every RNG (torch/CUDA/numpy/python, per rank) and the
+  sampler position, so an interrupted run continues bit-exactly (CPU, deterministic mode).
+* Non-finite loss or gradients: the optimizer step is skipped with a warning naming the
+  iteration and the loss components; ``train.max_bad_steps`` consecutive ones raise
+  :class:`TrainingDiverged` without writing a checkpoint, so ``last.pt`` stays the last good one.
+  (Under fp16 AMP, gradient overflows are the GradScaler's business and are not counted.)
+* AMP: ``train.amp = "bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA only, with
+  ``torch.amp.GradScaler``); the losses are summed in float32.
+* Multi-GPU: under torchrun the process group is joined automatically (or use
+  :func:`fasterrcnn.engine.distributed.init_from_env` first); the detector is wrapped in DDP through
+  :class:`~fasterrcnn.engine.distributed.LossModule`; only rank 0 logs, evaluates and writes.
+* Evaluation every ``eval_period`` iterations (if > 0) and at the end via ``val_fn(model)`` (rank 0,
+  model in eval mode under ``no_grad``, RNG state preserved so evaluation never changes training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError, to_dict
+from ..data.loader import build_train_loader, derive_seed
+from . import distributed as dist_utils
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    capture_rng_state,
+    check_compatible,
+    export_weights,
+    is_training_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    remove_stale_temp_files,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .logger import TrainLogger
+from .lr_schedule import StepWarmupScheduler
+
+ValFn = Callable[[nn.Module], Mapping[str, Any]]
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses/gradients; ``last.pt`` was left untouched."""
+
+    def __init__(self, message: str, iteration: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def build_optimizer(model: nn.Module, momentum: float, weight_decay: float, lr: float) -> torch.optim.SGD:
+    """SGD over trainable parameters; weight decay on weights (ndim >= 2), none on biases/1-D."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's ``random``."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
+    """``"cuda"`` becomes this process's GPU (``cuda:LOCAL_RANK``); clear error without CUDA."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision)."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.amp='bf16' needs a GPU with bfloat16 support; use 'fp16'")
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.amp='fp16' needs CUDA (fp16 training relies on the CUDA GradScaler); "
+                "on the CPU use train.amp='bf16' or 'none'"
+            )
+        return torch.float16
+    raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
+
+
+@dataclass
+class _Determinism:
+    """Global determinism switches, captured so that :func:`train` can restore them."""
+
+    enabled: bool
+    warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+
+    @classmethod
+    def capture(cls) -> "_Determinism":
+        return cls(
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+        )
+
+    def restore(self) -> None:
+        torch.use_deterministic_algorithms(self.enabled, warn_only=self.warn_only)
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+
+def enable_determinism() -> None:
+    """Deterministic kernels (warn-only: an op without one warns instead of failing a long run).
+
+    On CUDA set ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before CUDA is first used (done here too,
+    which is enough when nothing touched cuBLAS yet). Note: torchvision's RoI pooling backward
+    on CUDA has no deterministic implementation, so GPU runs are close but not bit-exact.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
+    if not norms:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _clip_(params: Sequence[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
+    coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.detach().mul_(coef.to(p.grad.device, p.grad.dtype))
+
+
+def _params_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [
+        {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+        for t in targets
+    ]
+
+
+def _fmt_losses(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+def _is_due(iteration: int, period: int) -> bool:
+    return period > 0 and iteration % period == 0
+
+
+def _validate(cfg: Config, classes: Sequence[str]) -> None:
+    t = cfg.train
+    if t.images_per_batch < 1:
+        raise ConfigError(f"train.images_per_batch must be >= 1, got {t.images_per_batch}")
+    if t.max_iter < 0:
+        raise ConfigError(f"train.max_iter must be >= 0, got {t.max_iter}")
+    if t.max_bad_steps < 1:
+        raise ConfigError(f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+    if not 0.0 <= t.hflip_prob <= 1.0:
+        raise ConfigError(f"train.hflip_prob must be in [0, 1], got {t.hflip_prob}")
+    if t.lr <= 0 or not math.isfinite(t.lr):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if t.num_workers < 0:
+        raise ConfigError(f"train.num_workers must be >= 0, got {t.num_workers}")
+    if len(classes) != cfg.model.num_classes:
+        raise ConfigError(
+            f"{len(classes)} class names given but model.num_classes={cfg.model.num_classes}"
+        )
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop ``log.jsonl`` records written after ``iteration`` by a run that was then killed,
+    so that a resumed run's log reads as one continuous run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("iteration", 0)) > iteration:
+                continue
+        except (ValueError, AttributeError, TypeError):
+            continue  # a line cut short by the kill
+        kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _resolve_resume(resume: str | os.PathLike | None, last: Path) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Config,
+    train_set: Any,
+    *,
+    out_dir: str | os.PathLike,
+    classes: Sequence[str],
+    val_fn: ValFn | None = None,
+    resume: str | os.PathLike | None = None,
+    deterministic: bool = False,
+    device: str | torch.device = "cpu",
+    model: nn.Module | None = None,
+    progress: bool = True,
+    allow_config_changes: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Train a detector on ``train_set`` (a :class:`~fasterrcnn.data.dataset.DetectionDataset`).
+
+    ``resume``: None (fresh run), ``"auto"`` (``out_dir/last.pt`` if it exists) or a checkpoint
+    path; its config must match ``cfg`` except operational keys
+    (:data:`~fasterrcnn.engine.checkpoint.RESUME_FREE_KEYS`) and ``allow_config_changes``
+    (e.g. ``["train.lr"]`` to resume a diverged run with a lower learning rate).
+    ``model``: a prebuilt module with ``loss(images, targets)`` (default ``build_model(cfg.model)``).
+
+    Returns ``{"iteration", "start_iteration", "metrics", "losses", "skipped_steps",
+    "last_checkpoint", "final_weights", "elapsed_s"}``. Raises :class:`TrainingDiverged` on
+    divergence and :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
+    """
+    created_group = False
+    if not dist_utils.is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist_utils.init_from_env(str(device))
+        created_group = True
+    saved = _Determinism.capture()
+    try:
+        return _train(
+            cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
+            resume=resume, deterministic=deterministic, device=device, model=model,
+            progress=progress, allow=tuple(allow_config_changes),
+        )
+    finally:
+        saved.restore()
+        if created_group:
+            dist_utils.cleanup()
+
+
+def _train(
+    cfg: Config,
+    train_set: Any,
+    *,
+    out_dir: Path,
+    classes: tuple[str, ...],
+    val_fn: ValFn | None,
+    resume: str | os.PathLike | None,
+    deterministic: bool,
+    device: str | torch.device,
+    model: nn.Module | None,
+    progress: bool,
+    allow: tuple[str, ...],
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tcfg = cfg.train
+    _validate(cfg, classes)
+    dinfo = dist_utils.info()
+    main = dinfo.rank == 0
+    dev = resolve_device(device, dinfo.local_rank)
+    autocast_dtype = amp_dtype(tcfg.amp, dev)
+    if deterministic:
+        enable_determinism()
+    last_path = out_dir / "last.pt"
+    final_path = out_dir / "model_final.pt"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out_dir)
+
+    # ---- checkpoint to resume from (every rank reads it: shared file system)
+    resume_path = _resolve_resume(resume, last_path)
+    ckpt: dict[str, Any] | None = None
+    tolerated: list[str] = []
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path)
+        if not is_training_checkpoint(ckpt):
+            raise CheckpointError(
+                f"{resume_path}: holds weights only (an export such as model_final.pt), "
+                "not a resumable training checkpoint; resume from last.pt"
+            )
+        tolerated = check_compatible(ckpt, cfg, allow=allow, path=resume_path)
+        if tuple(ckpt["classes"]) != classes:
+            raise CheckpointError(
+                f"{resume_path}: checkpoint classes {tuple(ckpt['classes'])} differ from the "
+                f"dataset's {classes}"
+            )
+
+    # ---- model, optimiser, schedule, scaler (same init on every rank: seeded identically)
+    seed_everything(tcfg.seed)
+    if model is None:
+        from ..modeling.faster_rcnn import build_model
+
+        model = build_model(cfg.model)
+    model.to(dev)
+    start_iter = 0
+    if ckpt is not None:
+        load_state_strict(model, ckpt["model"], resume_path or "<checkpoint>")
+        start_iter = int(ckpt["iteration"])
+    model.train()
+    optimizer = build_optimizer(model, tcfg.momentum, tcfg.weight_decay, tcfg.lr)
+    scheduler = StepWarmupScheduler.from_config(optimizer, tcfg, iteration=start_iter)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    if ckpt is not None:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{resume_path}: optimizer state does not fit: {exc}") from None
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+
+    # ---- data
+    global_batch = tcfg.images_per_batch * dinfo.world_size
+    start_epoch, start_position = 0, 0
+    sampler_note = ""
+    if ckpt is not None:
+        s = ckpt["sampler"]
+        start_epoch, start_position = int(s["epoch"]), int(s["position"])
+        if int(s.get("global_batch_size", global_batch)) != global_batch or int(
+            s.get("num_images", len(train_set))
+        ) != len(train_set):
+            old_g = int(s.get("global_batch_size", global_batch))
+            start_position = start_position * old_g // global_batch
+            sampler_note = (
+                f"global batch {old_g} -> {global_batch} or dataset size "
+                f"{s.get('num_images')} -> {len(train_set)} changed since the checkpoint: the data "
+                "order continues approximately, not exactly"
+            )
+    tl = build_train_loader(
+        train_set, tcfg, rank=dinfo.rank, world_size=dinfo.world_size,
+        start_epoch=start_epoch, start_position=start_position, pin_memory=dev.type == "cuda",
+    )
+
+    # ---- RNG: continue exactly, or a per-rank stream for the training randomness
+    if ckpt is not None:
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if dinfo.rank < len(per_rank):
+            restore_rng_state(per_rank[dinfo.rank])
+        else:
+            seed_everything(derive_seed(tcfg.seed, dinfo.rank, start_iter))
+    else:
+        seed_everything(derive_seed(tcfg.seed, dinfo.rank, 0x7EA1))
+
+    if main and ckpt is not None:
+        _truncate_log(out_dir / "log.jsonl", start_iter)
+    logger = TrainLogger(
+        out_dir, max_iter=tcfg.max_iter, start_iter=start_iter, log_period=tcfg.log_period,
+        images_per_iter=global_batch, enabled=main, progress=progress,
+    )
+    if main:
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    logger.info(
+        f"training {type(model).__name__} on {len(train_set)} images, {len(classes)} classes; "
+        f"global batch {global_batch} ({tcfg.images_per_batch} x {dinfo.world_size} process(es)), "
+        f"lr {tcfg.lr}, {tcfg.max_iter} iterations, device {dev}, amp {tcfg.amp}"
+        + (", deterministic" if deterministic else "")
+    )
+    if ckpt is not None:
+        logger.info(
+            f"resumed from {resume_path} at iteration {start_iter} "
+            f"(epoch {start_epoch}, batch {start_position})"
+        )
+        for line in tolerated:
+            logger.info(f"config change on resume: {line}")
+        if sampler_note:
+            logger.warning(sampler_note)
+
+    if dinfo.world_size > 1 and dev.type == "cpu" and dist_utils.has_batch_norm(model):
+        logger.warning(
+            "BatchNorm statistics are per process in CPU multi-process training (SyncBatchNorm "
+            "needs CUDA): results differ from a single-process run with the same global batch"
+        )
+    runner = dist_utils.wrap_for_training(model, dev, sync_bn=tcfg.sync_bn)
+    params = [p for p in model.parameters() if p.requires_grad]
+    iteration = start_iter
+    last_saved = start_iter if ckpt is not None else -1
+    bad_streak = 0
+    skipped = 0
+    metrics: dict[str, Any] = {}
+    logged: dict[str, float] = {}
+
+    def save_last() -> None:
+        nonlocal last_saved
+        if not _params_finite(model):
+            raise TrainingDiverged(
+                f"training diverged: the weights became non-finite by iteration {iteration}; "
+                f"lower train.lr (now {tcfg.lr}) or raise train.warmup_iters. "
+                f"{last_path} was left as it was.",
+                iteration, str(last_path) if last_path.exists() else None,
+            )
+        rngs = dist_utils.all_gather_object(capture_rng_state())
+        if main:
+            save_checkpoint(
+                last_path,
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "config": to_dict(cfg),
+                    "classes": list(classes),
+                    "model": model.state_dict(),
+                    "iteration": iteration,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "sampler": tl.sampler.state_at(iteration - start_iter),
+                    "rng": rngs[0],
+                    "rng_per_rank": rngs if len(rngs) > 1 else None,
+                },
+            )
+            logger.info(f"saved checkpoint {last_path} (iteration {iteration})")
+        last_saved = iteration
+
+    def evaluate() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if main and val_fn is not None:
+            rng = capture_rng_state()
+            model.eval()
+            try:
+                with torch.no_grad():
+                    result = dict(val_fn(model) or {})
+            finally:
+                model.train()
+                restore_rng_state(rng)
+            logger.log_metrics(iteration, result)
+        return dist_utils.all_gather_object(result)[0]
+
+    data_iter = iter(tl.loader)
+    try:
+        while iteration < tcfg.max_iter:
+            images, targets = next(data_iter)
+            images = [im.to(dev, non_blocking=True) for im in images]
+            targets = _to_device(targets, dev)
+            lr = scheduler.apply()
+            with _autocast(dev, autocast_dtype):
+                loss_dict = runner(images, targets)
+            losses = {k: v.float() for k, v in loss_dict.items()}
+            total = torch.stack(list(losses.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)
+            else:
+                total.backward()
+            gnorm = _grad_norm(params)
+            vals = torch.stack([total.detach(), *(v.detach() for v in losses.values()), gnorm.to(total.device)]).tolist()
+            values = {"total": vals[0], **dict(zip(losses, vals[1:-1]))}
+            loss_ok = math.isfinite(vals[0])
+            grads_ok = scaler is not None or math.isfinite(vals[-1])
+            bad = dist_utils.any_rank(not (loss_ok and grads_ok))
+            iteration += 1
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update()
+                bad_streak += 1
+                skipped += 1
+                what = "loss" if not loss_ok else ("gradients" if not grads_ok else "loss/gradients on another rank")
+                logger.warning(
+                    f"iteration {iteration}: non-finite {what} ({_fmt_losses(values)}); "
+                    f"optimizer step skipped ({bad_streak}/{tcfg.max_bad_steps} in a row)"
+                )
+                if bad_streak >= tcfg.max_bad_steps:
+                    kept = str(last_path) if last_path.exists() else None
+                    raise TrainingDiverged(
+                        f"training diverged: {bad_streak} consecutive iterations "
+                        f"({iteration - bad_streak + 1}..{iteration}) had non-finite losses or "
+                        f"gradients (last: {_fmt_losses(values)}). The learning rate is probably "
+                        f"too high for the batch size (lr {lr:.3g}, global batch {global_batch}): "
+                        "lower train.lr, raise train.warmup_iters, or set train.grad_clip_norm. "
+                        + (f"The last good checkpoint {kept} (iteration {last_saved}) was left "
+                           "untouched." if kept else "No checkpoint had been written yet."),
+                        iteration, kept,
+                    )
+            else:
+                bad_streak = 0
+                if tcfg.grad_clip_norm:
+                    _clip_(params, float(tcfg.grad_clip_norm), gnorm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+            scheduler.step()
+
+            logger.accumulate(values)
+            logger.progress(iteration, {k: v for k, v in values.items()}, lr)
+            if logger.should_log(iteration):
+                logged = dist_utils.all_reduce_dict(logger.window_means())
+                logger.log(iteration, logged, lr)
+            if _is_due(iteration, tcfg.checkpoint_period) or iteration == tcfg.max_iter:
+                save_last()
+            if _is_due(iteration, tcfg.eval_period) and iteration != tcfg.max_iter:
+                metrics = evaluate()
+
+        # ---- the end (also reached when resuming a finished run)
+        if last_saved != iteration:
+            save_last()
+        if main:
+            export_weights(final_path, model=model, cfg=cfg, classes=classes)
+            logger.info(f"wrote {final_path}")
+        if val_fn is not None:
+            metrics = evaluate()
+        dist_utils.barrier()
+    finally:
+        del data_iter
+        logger.close()
+    return {
+        "iteration": iteration,
+        "start_iteration": start_iter,
+        "metrics": metrics,
+        "losses": logged,
+        "skipped_steps": skipped,
+        "last_checkpoint": str(last_path),
+        "final_weights": str(final_path),
+        "elapsed_s": time.perf_counter() - t0,
+    }
