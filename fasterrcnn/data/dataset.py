@@ -147,3 +147,24 @@ class ConcatDataset:
             index, ann.file_name, ann.height, ann.width,
             ann.boxes, ann.labels, ann.difficult, ann.iscrowd,
         )
+
+
+class InMemoryDataset:
+    """Decodes (or renders) every image once and keeps them in memory: for small datasets that
+    are read for many epochs, such as the built-in shapes data of the demo."""
+
+    def __init__(self, base: DetectionDataset) -> None:
+        self.classes = tuple(base.classes)
+        self._items = [base[i] for i in range(len(base))]
+        self._annotations = [base.annotation(i) for i in range(len(base))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = self._items[index]
+        return image, {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in target.items()}
+
+    def annotation(self, index: int) -> Annotation:
+        a = self._annotations[index]
+        return Annotation(a.image_id, a.file_name, a.height, a.width, a.boxes.copy(), a.labels.copy(), a.difficult.copy(), a.iscrowd.copy())

@@ -1,0 +1,124 @@
+"""The command line end to end, on tiny runs of the built-in data."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fasterrcnn.cli import main
+from fasterrcnn.data.export import export_voc
+from fasterrcnn.data.shapes import ShapesDataset
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(["demo", "--out", str(out), "--iters", "2", "--train-images", "8", "--test-images", "4", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_demo_writes_checkpoint_metrics_and_picture(demo_dir):
+    for name in ("model_final.pt", "last.pt", "metrics.json", "detections.jpg", "detections.json", "log.jsonl"):
+        assert (demo_dir / name).is_file(), name
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    assert m["metric"] == "voc07" and 0.0 <= m["mAP"] <= 1.0
+    assert set(m["AP"]) == {"ellipse", "rectangle", "triangle", "cross", "ring"}
+    assert Image.open(demo_dir / "detections.jpg").size[0] > 300
+
+
+def test_detect_folder_writes_pictures_and_coco_results(demo_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    ds = ShapesDataset("test", 2)
+    for i in range(2):
+        Image.fromarray(ds[i][0].permute(1, 2, 0).numpy()).save(images / f"img{i}.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    code = main(["detect", "--checkpoint", str(demo_dir / "model_final.pt"), str(images), "--out", str(out),
+                 "--score-thresh", "0.0"])
+    assert code == 0
+    assert (out / "img0.jpg").is_file() and (out / "img1.jpg").is_file()
+    results = json.loads((out / "detections.json").read_text())
+    assert isinstance(results, list)
+    for r in results:
+        assert set(r) >= {"image_id", "file_name", "category_id", "category", "bbox", "score"}
+        assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+        assert r["category"] in ds.classes and 1 <= r["category_id"] <= 5
+    assert not any("broken" in r["file_name"] for r in results)
+    assert "1 unreadable file(s) skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("metric", ["voc", "coco"])
+def test_eval_metrics(demo_dir, tmp_path, metric):
+    out = tmp_path / metric
+    assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:4",
+                 "--metric", metric, "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["metric"] == metric
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100") if metric == "coco" else ("mAP", "AP")
+    assert all(k in m for k in keys)
+    assert (out / "detections.json").is_file()
+
+
+def test_eval_proposal_recall(demo_dir, tmp_path):
+    out = tmp_path / "recall"
+    assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:3",
+                 "--proposals", "10,50", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads((out / "recall.json").read_text())
+    assert set(r["recall"]) == {"10", "50"}
+    assert all(len(v) == 10 for v in r["recall"].values())
+    assert (out / "recall_iou.png").is_file()
+
+
+def test_train_on_voc_copy_with_validation(tmp_path):
+    voc = tmp_path / "VOC"
+    export_voc(ShapesDataset("train", 6), voc, split="trainval", image_format="png")
+    export_voc(ShapesDataset("test", 3), voc, split="test", image_format="png")
+    out = tmp_path / "run"
+    code = main(["train", "--data", f"voc:{voc}:trainval", "--val-data", f"voc:{voc}:test", "--out", str(out),
+                 "--iters", "2", "--workers", "0", "--no-progress"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["metric"] == "voc07" and set(m["AP"]) == set(ShapesDataset.classes)
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert main(["train", "--data", "nosuchformat:x", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", "shapes:test:2",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["train", "--data", "shapes:train:4", "--out", str(tmp_path / "r"), "--set", "train.nope=1"]) == 2
+    assert "train.nope" in capsys.readouterr().err
+
+
+def test_check_data_exit_codes(tmp_path, capsys):
+    voc = tmp_path / "VOC"
+    export_voc(ShapesDataset("train", 3), voc, split="trainval", image_format="png")
+    assert main(["check-data", f"voc:{voc}:trainval"]) == 0
+    # break one image file and one box
+    img = sorted((voc / "JPEGImages").iterdir())[0]
+    img.write_bytes(b"garbage")
+    xml = sorted((voc / "Annotations").iterdir())[1]
+    text = xml.read_text()
+    start = text.index("<xmax>") + len("<xmax>")
+    end = text.index("</xmax>")
+    xml.write_text(text[:start] + "99999" + text[end:])
+    capsys.readouterr()
+    assert main(["check-data", f"voc:{voc}:trainval"]) == 1
+    report = capsys.readouterr().out
+    assert img.name in report and xml.name in report
+    # training refuses bad data by default, and skips it on request
+    assert main(["train", "--data", f"voc:{voc}:trainval", "--out", str(tmp_path / "r"), "--iters", "1",
+                 "--workers", "0", "--no-progress"]) == 2
+    assert main(["train", "--data", f"voc:{voc}:trainval", "--out", str(tmp_path / "r2"), "--iters", "1",
+                 "--workers", "0", "--no-progress", "--on-bad-data", "skip"]) == 0
+
+
+def test_presets_lists_names(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg16-voc07" in out and "zf-voc07" in out and "tiny-shapes" in out
