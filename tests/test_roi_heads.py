@@ -81,3 +81,9 @@ def test_detect_per_class_nms_and_cap():
     out = detect(logits, torch.zeros(3, 12), rois, [(100, 100)], coder=BoxCoder(), score_thresh=0.2, nms_thresh=0.5, detections_per_img=1)
     assert len(out[0]["boxes"]) == 1 and out[0]["labels"].item() == 1
     assert out[0]["boxes"][0, 3].item() == 11.0
+
+
+def test_pooler_accepts_bfloat16_features():
+    feats = torch.randn(1, 4, 8, 8).to(torch.bfloat16)
+    out = RoIPooler("roi_pool", 7, 16)(feats, [torch.tensor([[0.0, 0, 64, 64]])])
+    assert out.shape == (1, 4, 7, 7) and torch.isfinite(out.float()).all()

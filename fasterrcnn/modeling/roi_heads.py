@@ -36,6 +36,8 @@ class RoIPooler(nn.Module):
         self.sampling_ratio = sampling_ratio
 
     def forward(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+        if self.kind == "roi_pool" and features.dtype not in (torch.float32, torch.float64):
+            features = features.float()  # torchvision has no reduced-precision roi_pool on CPU
         boxes = [b.to(features.dtype) for b in boxes]
         if self.kind == "roi_pool":
             return roi_pool(features, boxes, self.output_size, self.spatial_scale)
