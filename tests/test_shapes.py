@@ -251,3 +251,21 @@ def test_errors() -> None:
     with pytest.raises(IndexError):
         ds.annotation(-4)
     assert len(list(ds)) == 3  # sequence iteration stops at the end
+
+
+def test_class_hues_give_each_class_its_hue_band():
+    import colorsys
+
+    from fasterrcnn.data.shapes import HUE_BAND, ShapesSpec, layout_for, paint_layout
+
+    spec = ShapesSpec(clutter=0.0, max_objects=1, min_objects=1, empty_fraction=0.0, min_object=40.0)
+    for i in range(12):
+        layout = layout_for(np.random.default_rng([7, i]), spec)
+        image = paint_layout(layout, np.random.default_rng([8, i]), spec)
+        obj = layout.objects[0]
+        patch = image[obj.y0 : obj.y0 + obj.mask.shape[0], obj.x0 : obj.x0 + obj.mask.shape[1]]
+        r, g, b = (patch[obj.mask].mean(axis=0) / 255.0).tolist()
+        hue = colorsys.rgb_to_hsv(r, g, b)[0] * 360.0
+        centre = (obj.label - 1) * 72.0
+        distance = min(abs(hue - centre), 360 - abs(hue - centre))
+        assert distance <= HUE_BAND + 12.0, (obj.label, hue)  # + shading

@@ -13,14 +13,14 @@ Five classes of solid geometric shapes (:data:`SHAPES_CLASSES`, labels 1..5):
 
 Each object has a random colour (kept at least ``min_contrast`` away, in RGB, from the local
 background and from the objects it touches). With ``class_hues`` (the default) the hue comes from
-a band of its class (ellipse red, rectangle yellow-green, triangle green-cyan, cross blue, ring
-purple; +-18 degrees, random saturation and brightness), so that a small network trained from
+a band of its class (hue centres 72 degrees apart: ellipse red, rectangle yellow-green, triangle
+green, cross azure, ring purple; +-18 degrees, random saturation and brightness), so that a small network trained from
 scratch on a CPU for minutes can tell the classes apart; ``class_hues=False`` draws any colour
-and leaves the shape as the only cue (a harder variant). Objects also get a mild linear shading, a log-uniform size
-(``sqrt(w * h)`` in ``[min_object, max_object]``) and a log-uniform aspect ratio ``w / h`` in
-``[1 / max_aspect, max_aspect]``. Objects lie inside the image, may overlap (box IoU at most
-``max_iou``) and occlude each other (later ones on top), but every object keeps at least
-``min_visible`` of its pixels visible. The box is the tight box of the *full* shape.
+and leaves the shape as the only cue (a harder variant). Objects also get a mild linear
+shading, a log-uniform size (``sqrt(w * h)`` in ``[min_object, max_object]``) and a log-uniform
+aspect ratio ``w / h`` in ``[1 / max_aspect, max_aspect]``. Objects lie inside the image, may
+overlap (box IoU at most ``max_iou``) and occlude each other (later ones on top), but every object
+keeps at least ``min_visible`` of its pixels visible. The box is the tight box of the *full* shape.
 
 Backgrounds are cluttered with things that are not objects: smooth colour gradients, mottled
 low-contrast texture, faint stripes, thin curves (1-2 px wide), small specks (< 6 px) and pixel
