@@ -79,16 +79,23 @@ def detections_json(
     file_names: Sequence[str],
     classes: Sequence[str],
     category_ids: Sequence[int] | None = None,
+    exact: bool = False,
 ) -> list[dict[str, Any]]:
-    """COCO results format: {image_id, file_name, category_id, category, bbox [x, y, w, h], score}."""
+    """COCO results format: {image_id, file_name, category_id, category, bbox [x, y, w, h], score}.
+
+    Boxes are rounded to 0.01 px and scores to 5 decimals, unless ``exact`` (evaluation writes
+    exactly what it scored, so that pycocotools on the file reproduces the reported numbers).
+    """
     from ..evaluation import to_coco_results
 
+    digits: dict[str, Any] = {"bbox_decimals": None, "score_decimals": None} if exact else {}
     return to_coco_results(
         detections,
         list(image_ids),
         category_ids=list(category_ids) if category_ids is not None else None,
         file_names=list(file_names),
         classes=list(classes),
+        **digits,
     )
 
 
@@ -130,6 +137,7 @@ def evaluate_model(
                 file_names=[a.file_name for a in anns],
                 classes=dataset.classes,
                 category_ids=category_ids(dataset),
+                exact=True,
             ),
         )
         if plots and metric in ("voc07", "voc"):
