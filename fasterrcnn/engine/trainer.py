@@ -27,6 +27,12 @@ Making a multi-day run safe:
   :class:`~fasterrcnn.engine.distributed.LossModule`; only rank 0 logs, evaluates and writes.
 * Evaluation every ``eval_period`` iterations (if > 0) and at the end via ``val_fn(model)`` (rank 0,
   model in eval mode under ``no_grad``, RNG state preserved so evaluation never changes training).
+* Frozen BatchNorm: a BatchNorm layer whose affine parameters all have ``requires_grad=False`` is
+  kept in eval mode throughout (normalises with, and never updates, its running statistics), so
+  a frozen part of the network stays exactly frozen. (None of the joint presets freezes a BN layer.)
+* Partial training (used by the 4-step alternating schedule, :mod:`fasterrcnn.engine.alternating`):
+  ``stages`` selects the losses (``model.loss(..., stages=...)``) and ``proposal_fn(images)``
+  supplies the RoI head's proposals (``model.loss(..., proposals=...)``) for every batch.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from .logger import TrainLogger
 from .lr_schedule import StepWarmupScheduler
 
 ValFn = Callable[[nn.Module], Mapping[str, Any]]
+ProposalFn = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,6 +100,50 @@ def build_optimizer(model: nn.Module, momentum: float, weight_decay: float, lr: 
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+class StagedLoss(nn.Module):
+    """``loss(images, targets)`` = ``detector.loss`` restricted to ``stages``, with the proposals
+    of ``proposal_fn(images)`` (original-image coordinates of exactly these images) when given.
+
+    Keeps the detector as its only child, so DDP / SyncBatchNorm conversion see the same modules;
+    ``proposal_fn`` is a plain callable (a frozen proposal network is *not* registered here).
+    """
+
+    def __init__(
+        self, detector: nn.Module, stages: Sequence[str] | None, proposal_fn: ProposalFn | None
+    ) -> None:
+        super().__init__()
+        self.detector = detector
+        self.stages = tuple(stages) if stages is not None else None
+        self.proposal_fn = proposal_fn
+
+    def loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        kwargs: dict[str, Any] = {}
+        if self.stages is not None:
+            kwargs["stages"] = self.stages
+        if self.proposal_fn is not None:
+            with torch.no_grad():
+                kwargs["proposals"] = [p.detach() for p in self.proposal_fn(images)]
+        return self.detector.loss(images, targets, **kwargs)
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose (affine) parameters all have ``requires_grad=False``."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            own = list(m.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                out.append(m)
+    return out
+
+
+def set_train_mode(model: nn.Module, frozen_bn: Sequence[nn.Module]) -> None:
+    """``model.train()``, except that the frozen BatchNorm layers stay in eval mode."""
+    model.train()
+    for m in frozen_bn:
+        m.eval()
 
 
 def seed_everything(seed: int) -> None:
@@ -275,6 +326,8 @@ def train(
     model: nn.Module | None = None,
     progress: bool = True,
     allow_config_changes: Iterable[str] = (),
+    stages: Sequence[str] | None = None,
+    proposal_fn: ProposalFn | None = None,
 ) -> dict[str, Any]:
     """Train a detector on ``train_set`` (a :class:`~fasterrcnn.data.dataset.DetectionDataset`).
 
@@ -283,6 +336,8 @@ def train(
     (:data:`~fasterrcnn.engine.checkpoint.RESUME_FREE_KEYS`) and ``allow_config_changes``
     (e.g. ``["train.lr"]`` to resume a diverged run with a lower learning rate).
     ``model``: a prebuilt module with ``loss(images, targets)`` (default ``build_model(cfg.model)``).
+    ``stages`` / ``proposal_fn``: train only some losses / on given proposals (see the module
+    docstring); only parameters with ``requires_grad`` are optimised, so freeze the rest first.
 
     Returns ``{"iteration", "start_iteration", "metrics", "losses", "skipped_steps",
     "last_checkpoint", "final_weights", "elapsed_s"}``. Raises :class:`TrainingDiverged` on
@@ -298,6 +353,7 @@ def train(
             cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
             resume=resume, deterministic=deterministic, device=device, model=model,
             progress=progress, allow=tuple(allow_config_changes),
+            stages=stages, proposal_fn=proposal_fn,
         )
     finally:
         saved.restore()
@@ -318,6 +374,8 @@ def _train(
     model: nn.Module | None,
     progress: bool,
     allow: tuple[str, ...],
+    stages: Sequence[str] | None = None,
+    proposal_fn: ProposalFn | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     tcfg = cfg.train
@@ -437,7 +495,12 @@ def _train(
             "BatchNorm statistics are per process in CPU multi-process training (SyncBatchNorm "
             "needs CUDA): results differ from a single-process run with the same global batch"
         )
-    runner = dist_utils.wrap_for_training(model, dev, sync_bn=tcfg.sync_bn)
+    staged = stages is not None or proposal_fn is not None
+    runner = dist_utils.wrap_for_training(
+        StagedLoss(model, stages, proposal_fn) if staged else model, dev, sync_bn=tcfg.sync_bn
+    )
+    frozen_bn = frozen_batchnorms(model)  # after wrapping: SyncBatchNorm conversion replaces layers
+    set_train_mode(model, frozen_bn)
     params = [p for p in model.parameters() if p.requires_grad]
     iteration = start_iter
     last_saved = start_iter if ckpt is not None else -1
@@ -486,7 +549,7 @@ def _train(
                 with torch.no_grad():
                     result = dict(val_fn(model) or {})
             finally:
-                model.train()
+                set_train_mode(model, frozen_bn)
                 restore_rng_state(rng)
             logger.log_metrics(iteration, result)
         return dist_utils.all_gather_object(result)[0]
