@@ -194,3 +194,39 @@ def test_clean_dataset_is_ok(tmp_path: Path) -> None:
     assert report.format().endswith("no problems found")
     ds, rep2 = prepare_dataset(f"voc:{root}")
     assert len(ds) == 1 and rep2.ok
+
+
+def test_anchor_fit_warns_for_small_boxes_and_measures_at_crop_scale():
+    import numpy as np
+
+    from fasterrcnn.config import AnchorConfig, InputConfig
+    from fasterrcnn.data.check import check_dataset
+    from fasterrcnn.data.dataset import Annotation
+
+    class Photo:
+        """One 2000 x 2000 photo with 25-px 'tree crowns' (never decoded here)."""
+
+        classes = ("tree",)
+
+        def __len__(self):
+            return 1
+
+        def annotation(self, i):
+            boxes = np.array([[100.0 * k, 100.0, 100.0 * k + 25, 125.0] for k in range(1, 11)])
+            return Annotation(0, "photo.png", 2000, 2000, boxes, np.ones(10, np.int64))
+
+        def __getitem__(self, i):
+            raise AssertionError("not decoded")
+
+    paper = check_dataset(Photo(), decode_images=False, anchors=AnchorConfig(), crop=600,
+                          input_cfg=InputConfig())
+    assert paper.anchor_coverage[0.5] == 0.0
+    assert "WARNING: these anchors cannot match most boxes" in paper.format()
+    assert "600-px crops (x1)" in paper.format()
+    small = check_dataset(Photo(), decode_images=False, anchors=AnchorConfig(sizes=(16.0, 32.0), aspect_ratios=(1.0,)),
+                          crop=600, input_cfg=InputConfig())
+    assert small.anchor_coverage[0.5] == 1.0 and "WARNING" not in small.format()
+    # whole-photo scale: 2000 px shrunk to 600, the crowns become 7.5 px
+    whole = check_dataset(Photo(), decode_images=False, anchors=AnchorConfig(sizes=(16.0, 32.0), aspect_ratios=(1.0,)),
+                          input_cfg=InputConfig())
+    assert whole.anchor_coverage[0.5] == 0.0

@@ -35,7 +35,7 @@ import torch
 
 from fasterrcnn.config import AnchorConfig, InputConfig
 from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset, load_image
-from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, suggest_anchors
+from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, input_scale, suggest_anchors
 
 logger = logging.getLogger("fasterrcnn.data")
 
@@ -232,6 +232,7 @@ class CheckReport:
     aspect_ratios: tuple[float, ...] = ()
     anchor_coverage: dict[float, float] = field(default_factory=dict)  # on network-input boxes
     suggested_anchors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    scale_note: str = "input scale"  # at which scale the boxes met the anchors
 
     @property
     def ok(self) -> bool:
@@ -263,7 +264,15 @@ class CheckReport:
             if cov:
                 lines.append(
                     f"  anchor coverage (sizes {_fmt(self.anchor_sizes)}, ratios "
-                    f"{_fmt(self.aspect_ratios)}; shape IoU at input scale, an upper bound): {cov}"
+                    f"{_fmt(self.aspect_ratios)}; shape IoU at {self.scale_note}, an upper bound): {cov}"
+                )
+            poor = self.anchor_coverage.get(0.5)
+            if poor is not None and not math.isnan(poor) and poor < 0.5:
+                lines.append(
+                    f"  WARNING: these anchors cannot match most boxes: only {100 * poor:.1f}% reach "
+                    "IoU >= 0.5 with any anchor shape, so the RPN has almost nothing to learn from; "
+                    "use anchors near the suggested ones (--set model.anchors.sizes=[...] "
+                    "--set model.anchors.aspect_ratios=[...])"
                 )
         if self.suggested_anchors is not None:
             s, r = self.suggested_anchors
@@ -303,6 +312,7 @@ def check_dataset(
     anchors: AnchorConfig | None = None,
     input_cfg: InputConfig | None = None,
     tolerance: float = BOX_TOLERANCE,
+    crop: int | None = None,
 ) -> CheckReport:
     """Check a data spec (``"voc:..."``, read leniently) or a dataset; list every problem.
 
@@ -316,7 +326,9 @@ def check_dataset(
     ``classes`` is passed to the readers when ``data`` is a spec (unknown names are problems).
 
     Statistics: counts per class, box statistics, and the coverage of the anchors in
-    ``anchors`` (default: the paper's) on boxes resized as ``input_cfg`` (default 600 / 1000).
+    ``anchors`` (default: the paper's) on boxes resized as ``input_cfg`` (default 600 / 1000)
+    resizes each whole image, or, with ``crop``, as it resizes a ``crop`` x ``crop`` window (training
+    on random crops and sliced inference see large photos that way).
     """
     ds, source = open_dataset(data, classes)
     anchors = anchors or AnchorConfig()
@@ -341,7 +353,13 @@ def check_dataset(
                 ))
         problems.extend(_image_problems(ds, i, ann, decode_images))
     counts = Counter(int(v) for ann in anns for v in ann.labels.tolist())
-    scaled = input_boxes(anns, input_cfg.min_size_test, input_cfg.max_size_test)
+    if crop:
+        factor = input_scale(crop, crop, input_cfg.min_size_test, input_cfg.max_size_test)
+        scaled = input_boxes(anns) * factor
+        scale_note = f"the scale of {crop}-px crops (x{factor:.3g})"
+    else:
+        scaled = input_boxes(anns, input_cfg.min_size_test, input_cfg.max_size_test)
+        scale_note = f"input scale (shorter side {input_cfg.min_size_test}, longer <= {input_cfg.max_size_test})"
     suggestion = None
     try:
         suggestion = suggest_anchors(scaled, len(anchors.sizes), len(anchors.aspect_ratios))
@@ -362,6 +380,7 @@ def check_dataset(
         aspect_ratios=tuple(anchors.aspect_ratios),
         anchor_coverage=anchor_coverage(scaled, anchors.sizes, anchors.aspect_ratios),
         suggested_anchors=suggestion,
+        scale_note=scale_note,
     )
 
 
