@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ...config import BackboneConfig, ConfigError
 from .common import Backbone, BackboneWeightsError, read_state_dict
+from .mobilenet import MobileNetV2
 from .tiny import Tiny
 from .vgg import VGG16
 from .zf import ZF
 
-BACKBONES = ("vgg16", "zf", "tiny")
+BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2")
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
@@ -20,6 +21,10 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         return ZF(cfg.weights, cfg.frozen_stages)
     if cfg.name == "tiny":
         return Tiny(cfg.width, cfg.stride, cfg.weights)
+    if cfg.name == "mobilenet_v2":
+        if cfg.stride not in (8, 16):
+            raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
+        return MobileNetV2(cfg.weights, cfg.frozen_stages, cfg.stride)
     raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
