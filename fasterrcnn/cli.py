@@ -105,6 +105,9 @@ def _sliced_predictor(model: Any, args: argparse.Namespace) -> Callable | None:
         return None
     from .engine.sliced import predict_sliced
 
+    # eval/detect: --batch-size is the inference batch; train: it is the training batch
+    tiles_per_batch = 4 if args.command == "train" else args.batch_size
+
     def predict(images: list) -> list:
         return [
             predict_sliced(
@@ -112,7 +115,7 @@ def _sliced_predictor(model: Any, args: argparse.Namespace) -> Callable | None:
                 image,
                 tile=args.tile,
                 overlap=args.tile_overlap,
-                batch_size=args.batch_size,
+                batch_size=tiles_per_batch,
                 max_detections=args.max_detections or 1000,
             )
             for image in images
@@ -220,6 +223,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     classes = tuple(train_set.classes)
     cfg = _build_config(args, num_classes=len(classes))
+    if args.crop:
+        from .data.tiling import RandomCropDataset
+
+        per_image = args.crops_per_image or max(
+            1, cfg.train.max_iter * cfg.train.images_per_batch // max(1, len(train_set))
+        )
+        train_set = RandomCropDataset(train_set, args.crop, per_image, seed=cfg.train.seed,
+                                      dihedral=args.dihedral)
+        print(f"training on random {args.crop}x{args.crop} crops: {per_image} per image")
     print(f"training data {args.data}: {len(train_set)} images, {report.num_objects} objects, "
           f"classes: {', '.join(classes)}")
     out = Path(args.out)
@@ -372,6 +384,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         decode_images=not args.no_check_images,
         anchors=cfg.model.anchors,
         input_cfg=cfg.model.input,
+        crop=args.crop,
     )
     print(report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1
@@ -459,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="train.seed")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--crop", type=int, default=None, metavar="SIZE",
+                   help="train on random SIZE x SIZE crops of each image (large photos); boxes are clipped "
+                   "and kept when at least half visible")
+    p.add_argument("--crops-per-image", type=int, default=None,
+                   help="crops drawn per image with --crop (default: enough for every iteration)")
+    p.add_argument("--dihedral", action="store_true",
+                   help="with --crop: random transposes and vertical flips too (overhead imagery)")
     p.add_argument("--tile", type=int, default=None, help="sliced inference for validation images")
     p.add_argument("--tile-overlap", type=int, default=64, help="tile overlap for --tile")
     p.add_argument("--max-detections", type=int, default=None, help=argparse.SUPPRESS)
@@ -504,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. "
                    "--set model.anchors.sizes=[16,32,64]")
     p.add_argument("--no-check-images", action="store_true", help="check image headers only, do not decode")
+    p.add_argument("--crop", type=int, default=None, metavar="SIZE",
+                   help="measure anchor fit at the scale the network sees SIZE-px crops or tiles of large "
+                   "images (train --crop, detect --tile) instead of whole rescaled images")
     p.add_argument("--max-problems", type=int, default=None, help="list at most N problems")
     p.set_defaults(func=cmd_check_data)
 

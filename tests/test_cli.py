@@ -122,3 +122,17 @@ def test_presets_lists_names(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "vgg16-voc07" in out and "zf-voc07" in out and "tiny-shapes" in out
+
+
+def test_train_on_random_crops_of_large_images(tmp_path):
+    from fasterrcnn.data.shapes import ShapesSpec
+
+    voc = tmp_path / "VOC"
+    export_voc(ShapesDataset("train", 2, spec=ShapesSpec(min_side=300, max_side=320)), voc, split="trainval",
+               image_format="png")
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"voc:{voc}:trainval", "--out", str(out), "--iters", "2", "--workers", "0",
+                 "--no-progress", "--crop", "128", "--dihedral", "--threads", "1",
+                 "--val-data", f"voc:{voc}:trainval", "--tile", "160", "--tile-overlap", "32"]) == 0
+    assert (out / "model_final.pt").is_file()
+    assert json.loads((out / "metrics.json").read_text())["metric"] == "voc07"
