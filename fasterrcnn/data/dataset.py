@@ -62,6 +62,19 @@ class Annotation:
             "size": (self.height, self.width),
         }
 
+    def copy(self, image_id: int | None = None) -> "Annotation":
+        """An independent copy (arrays copied), optionally with another ``image_id``."""
+        return Annotation(
+            self.image_id if image_id is None else image_id,
+            self.file_name,
+            self.height,
+            self.width,
+            self.boxes.copy(),
+            self.labels.copy(),
+            self.difficult.copy(),
+            self.iscrowd.copy(),
+        )
+
     def select(self, keep: np.ndarray) -> "Annotation":
         """A copy keeping only the objects where ``keep`` (bool mask or indices) selects."""
         return Annotation(
@@ -142,11 +155,7 @@ class ConcatDataset:
 
     def annotation(self, index: int) -> Annotation:
         ds, i = self._locate(index)
-        ann = ds.annotation(i)
-        return Annotation(
-            index, ann.file_name, ann.height, ann.width,
-            ann.boxes, ann.labels, ann.difficult, ann.iscrowd,
-        )
+        return ds.annotation(i).copy(image_id=index)
 
 
 class InMemoryDataset:
@@ -166,5 +175,4 @@ class InMemoryDataset:
         return image, {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in target.items()}
 
     def annotation(self, index: int) -> Annotation:
-        a = self._annotations[index]
-        return Annotation(a.image_id, a.file_name, a.height, a.width, a.boxes.copy(), a.labels.copy(), a.difficult.copy(), a.iscrowd.copy())
+        return self._annotations[index].copy()

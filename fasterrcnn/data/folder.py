@@ -217,9 +217,7 @@ class FolderDataset:
         return f"FolderDataset({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
 
     def annotation(self, index: int) -> Annotation:
-        a = self._annotations[index]
-        return Annotation(a.image_id, a.file_name, a.height, a.width, a.boxes.copy(),
-                          a.labels.copy(), a.difficult.copy(), a.iscrowd.copy())
+        return self._annotations[index].copy()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         return load_sample(self.image_files[index], self._annotations[index])
