@@ -173,3 +173,28 @@ def test_trees_preset_builds_and_learns_a_step():
     assert all(torch.isfinite(v) for v in losses.values())
     det = model.predict([img])[0]
     assert det["boxes"].shape[1] == 4
+
+
+def test_checkpoint_of_pretrained_model_loads_without_the_imagenet_file(tmp_path):
+    """A model_final.pt holds every weight: loading it must not need the backbone's ImageNet file."""
+    import torchvision
+
+    from fasterrcnn.config import override, preset
+    from fasterrcnn.engine.checkpoint import export_weights, load_model
+    from fasterrcnn.modeling.faster_rcnn import build_model
+
+    weights = tmp_path / "mobilenet_v2.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
+    cfg = override(preset("mobilenetv2-trees"), {"model.backbone.weights": str(weights),
+                                                 "model.input.min_size_test": 128, "model.input.max_size_test": 128})
+    model = build_model(cfg.model).eval()
+    ckpt = tmp_path / "model_final.pt"
+    export_weights(ckpt, model=model, cfg=cfg, classes=("tree",))
+    weights.unlink()
+    loaded, _, classes = load_model(ckpt)
+    assert classes == ("tree",)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    image = torch.rand(3, 128, 128)
+    for x, y in zip(model.predict([image]), loaded.predict([image])):
+        assert torch.equal(x["boxes"], y["boxes"])

@@ -197,7 +197,7 @@ def load_model(
             f"{path}: checkpoint names {len(classes)} classes but its config has "
             f"model.num_classes={cfg.model.num_classes}"
         )
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_backbone_weights=False)  # the checkpoint has every weight
     load_state_strict(model, ckpt["model"], path)
     model.to(device)
     model.eval()

@@ -415,7 +415,8 @@ def _train(
     if model is None:
         from ..modeling.faster_rcnn import build_model
 
-        model = build_model(cfg.model)
+        # resuming: the checkpoint holds every weight, the ImageNet file need not exist any more
+        model = build_model(cfg.model, load_backbone_weights=ckpt is None)
     model.to(dev)
     start_iter = 0
     if ckpt is not None:

@@ -165,9 +165,13 @@ class FasterRCNN(nn.Module):
         ]
 
 
-def build_model(cfg: ModelConfig) -> FasterRCNN:
-    """The network a ModelConfig describes (random init unless backbone weights are given)."""
-    backbone = build_backbone(cfg.backbone)
+def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> FasterRCNN:
+    """The network a ModelConfig describes (random init unless backbone weights are given).
+
+    ``load_backbone_weights=False`` leaves ``cfg.backbone.weights`` unread (the architecture is
+    the same): for loading a checkpoint, whose state dict has every weight.
+    """
+    backbone = build_backbone(cfg.backbone, load_weights=load_backbone_weights)
     anchors = AnchorGenerator(cfg.anchors.sizes, cfg.anchors.aspect_ratios, backbone.stride, cfg.anchors.offset)
     r = cfg.rpn
     rpn = RegionProposalNetwork(

@@ -12,19 +12,23 @@ from .zf import ZF
 BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2")
 
 
-def build_backbone(cfg: BackboneConfig) -> Backbone:
+def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
+    """The backbone ``cfg`` names. ``load_weights=False`` builds the same architecture (for a
+    pretrained config too) without reading ``cfg.weights``: for loading a checkpoint, which holds
+    every weight, on a machine where the ImageNet file is absent."""
+    weights = cfg.weights if load_weights else None
     if cfg.name == "vgg16":
         _require_stride(cfg, 16)
-        return VGG16(cfg.weights, cfg.frozen_stages)
+        return VGG16(weights, cfg.frozen_stages)
     if cfg.name == "zf":
         _require_stride(cfg, 16)
-        return ZF(cfg.weights, cfg.frozen_stages)
+        return ZF(weights, cfg.frozen_stages)
     if cfg.name == "tiny":
-        return Tiny(cfg.width, cfg.stride, cfg.weights)
+        return Tiny(cfg.width, cfg.stride, weights)
     if cfg.name == "mobilenet_v2":
         if cfg.stride not in (8, 16):
             raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
-        return MobileNetV2(cfg.weights, cfg.frozen_stages, cfg.stride)
+        return MobileNetV2(weights, cfg.frozen_stages, cfg.stride, pretrained=cfg.weights is not None)
     raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
 
 

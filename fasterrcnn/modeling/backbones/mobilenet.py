@@ -158,8 +158,15 @@ class MobileNetV2(Backbone):
     out_channels = OUT_CHANNELS
 
     def __init__(
-        self, weights: str | Path | None = None, frozen_stages: int = 0, stride: int = 16
+        self,
+        weights: str | Path | None = None,
+        frozen_stages: int = 0,
+        stride: int = 16,
+        *,
+        pretrained: bool | None = None,
     ) -> None:
+        """``pretrained`` (default: whether ``weights`` is given) picks the pretrained structure
+        (FrozenBatchNorm2d) without reading a file, for loading a checkpoint of such a model."""
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"the mobilenet_v2 backbone has stride 8 or 16, got {stride}")
@@ -167,7 +174,8 @@ class MobileNetV2(Backbone):
             raise ValueError(f"frozen_stages must be in 0..{len(STAGE_ENDS)}, got {frozen_stages}")
         self.stride = stride
         state = load_mobilenet_v2_state(weights) if weights is not None else None
-        norm = FrozenBatchNorm2d if state is not None else nn.BatchNorm2d
+        frozen_bn = state is not None if pretrained is None else pretrained
+        norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
         full = torchvision.models.mobilenet_v2(norm_layer=norm)
         self.features = nn.Sequential(*list(full.features.children())[:NUM_BLOCKS])
         if state is not None:
