@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fasterrcnn.config import Config, override, parse_overrides, preset, to_dict
+from fasterrcnn.config import Config, from_dict, override, parse_overrides, preset, to_dict
 from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, suggest_anchors
 from fasterrcnn.data.tiling import RandomCropDataset
 from fasterrcnn.data.voc import VOCDataset
@@ -479,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print(f"error: no results in {out}", file=sys.stderr)
         return 1
-    anchors = anchor_report(train_photo, run_config(weights, "pretrained", args.iters, overrides))
+    ran = from_dict(Config, runs[0]["config"])  # the anchors the runs used (not today's preset)
+    anchors = anchor_report(train_photo, ran)
     draw(test_set.image_files[0], runs, test_set.annotation(0).boxes, PICTURE)
     print(f"wrote {PICTURE} ({PICTURE.stat().st_size // 1024} KiB)")
     if args.results_md:
