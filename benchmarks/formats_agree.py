@@ -39,8 +39,6 @@ import contextlib
 import datetime
 import io
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -50,6 +48,7 @@ from typing import Any, Sequence
 
 import torch
 
+from machine_info import machine
 from fasterrcnn.cli import main as cli
 from fasterrcnn.config import preset
 from fasterrcnn.data.coco import COCODataset
@@ -227,18 +226,6 @@ def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    """CPU model, core count, OS, Python and torch versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def _f(v: float | None) -> str:

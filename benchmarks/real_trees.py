@@ -36,8 +36,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -48,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from machine_info import machine
 from fasterrcnn.config import Config, from_dict, override, parse_overrides, preset, to_dict
 from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, suggest_anchors
 from fasterrcnn.data.tiling import RandomCropDataset
@@ -312,17 +311,6 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in ["benchmarks/real_trees.py", *sys.argv[1:]])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} CPU cores; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def _f(v: Any) -> str:
