@@ -1,0 +1,26 @@
+"""``fasterrcnn check-data``: validate a dataset and report box and anchor statistics."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import override, parse_overrides, preset
+from .common import classes_arg
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset
+
+    cfg = preset(args.preset)
+    if args.set:
+        cfg = override(cfg, parse_overrides(args.set))
+    report = check_dataset(
+        args.data,
+        classes=classes_arg(args.classes),
+        decode_images=not args.no_check_images,
+        anchors=cfg.model.anchors,
+        input_cfg=cfg.model.input,
+        crop=args.crop,
+    )
+    print(report.format(max_problems=args.max_problems))
+    return 0 if report.ok else 1

@@ -1,0 +1,152 @@
+"""Helpers shared by the commands: known errors, threads, building the config from the flags,
+``--classes``, loading a checkpoint for inference, sliced prediction, printing metrics and
+drawing example detections."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict
+
+log = logging.getLogger("fasterrcnn")
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    from ..data.dataset import DataError
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.guard import TrainingDiverged
+    from ..modeling.backbones import BackboneWeightsError
+
+    return (DataError, ConfigError, CheckpointError, BackboneWeightsError, TrainingDiverged, FileNotFoundError)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def build_config(args: argparse.Namespace, num_classes: int | None = None) -> Config:
+    """Preset, then ``--config`` file, then the dedicated flags, then ``--set`` overrides."""
+    import json
+
+    cfg = preset(args.preset)
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config JSON ({exc})") from None
+        merged = to_dict(cfg)
+        _deep_update(merged, data, str(path))
+        cfg = from_dict(Config, merged)
+    flags: dict[str, Any] = {}
+    for flag, key in (
+        ("iters", "train.max_iter"),
+        ("lr", "train.lr"),
+        ("batch_size", "train.images_per_batch"),
+        ("backbone_weights", "model.backbone.weights"),
+        ("schedule", "train.schedule"),
+        ("amp", "train.amp"),
+        ("eval_period", "train.eval_period"),
+        ("workers", "train.num_workers"),
+        ("seed", "train.seed"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            flags[key] = value
+    if getattr(args, "include_difficult", False):
+        flags["train.include_difficult"] = True
+    if num_classes is not None:
+        flags["model.num_classes"] = num_classes
+    cfg = override(cfg, flags)
+    return override(cfg, parse_overrides(getattr(args, "set", None)))
+
+
+def _deep_update(base: dict, new: Any, where: str, path: str = "") -> None:
+    if not isinstance(new, dict):
+        raise ConfigError(f"{where}: expected a JSON object at {path or 'top level'}")
+    for key, value in new.items():
+        dotted = f"{path}.{key}" if path else key
+        if key not in base:
+            raise ConfigError(f"{where}: unknown config key {dotted!r}")
+        if isinstance(base[key], dict):
+            _deep_update(base[key], value, where, dotted)
+        else:
+            base[key] = value
+
+
+def classes_arg(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--classes has duplicate names: {text}")
+    return names
+
+
+def sliced_predictor(model: Any, args: argparse.Namespace) -> Callable | None:
+    """``--tile`` turns on sliced inference for images larger than a tile."""
+    if not getattr(args, "tile", None):
+        return None
+    from ..engine.sliced import predict_sliced
+
+    # eval/detect: --batch-size is the inference batch; train: it is the training batch
+    tiles_per_batch = 4 if args.command == "train" else args.batch_size
+
+    def predict(images: list) -> list:
+        return [
+            predict_sliced(
+                model,
+                image,
+                tile=args.tile,
+                overlap=args.tile_overlap,
+                batch_size=tiles_per_batch,
+                max_detections=args.max_detections or 1000,
+            )
+            for image in images
+        ]
+
+    return predict
+
+
+def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str, ...]]:
+    from ..engine.checkpoint import load_model
+
+    model, cfg, classes = load_model(args.checkpoint, device=args.device)
+    if getattr(args, "score_thresh", None) is not None:
+        model.roi_heads.score_thresh = float(args.score_thresh)
+    if getattr(args, "max_detections", None):
+        model.roi_heads.detections_per_img = int(args.max_detections)
+    return model, cfg, tuple(classes)
+
+
+def print_metrics(result: dict[str, Any]) -> None:
+    metric = result.get("metric")
+    if metric == "coco":
+        keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+        print("  ".join(f"{k} {result[k]:.4f}" if result.get(k) is not None else f"{k} n/a" for k in keys))
+        return
+    for name, ap in result.get("AP", {}).items():
+        print(f"  {name:>16s}  AP {ap:.4f}" if ap is not None else f"  {name:>16s}  AP n/a (no ground truth)")
+    m = result.get("mAP")
+    print(f"{metric} mAP@0.5 = {m:.4f}" if m is not None else f"{metric} mAP: n/a")
+
+
+def draw_examples(model: Any, dataset: Any, indices: Sequence[int], path: Path, thresh: float) -> Path:
+    from ..visualize import draw_detections, grid
+
+    pictures = []
+    for i in indices:
+        image, _ = dataset[i]
+        det = model.predict([image.float() / 255.0])[0]
+        keep = det["scores"] >= thresh
+        pictures.append(
+            draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], dataset.classes)
+        )
+    grid(pictures, columns=3).save(path, quality=90)
+    return path
