@@ -33,11 +33,15 @@ Making a multi-day run safe:
 * Partial training (used by the 4-step alternating schedule, :mod:`fasterrcnn.engine.alternating`):
   ``stages`` selects the losses (``model.loss(..., stages=...)``) and ``proposal_fn(images)``
   supplies the RoI head's proposals (``model.loss(..., proposals=...)``) for every batch.
+
+The pieces of one iteration (optimiser, forward/backward, clipping, frozen BatchNorm) are in
+:mod:`fasterrcnn.engine.step`, the non-finite guard and :class:`TrainingDiverged` in
+:mod:`fasterrcnn.engine.guard`; ``TrainingDiverged`` and ``build_optimizer`` can still be
+imported from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -66,84 +70,26 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .guard import NonFiniteGuard, TrainingDiverged, check_finite_weights  # noqa: F401 (re-export)
 from .logger import TrainLogger
 from .lr_schedule import StepWarmupScheduler
+from .step import (
+    ProposalFn,
+    StagedLoss,
+    amp_dtype,
+    build_optimizer,
+    forward_backward,
+    frozen_batchnorms,
+    optimizer_step,
+    set_train_mode,
+    skip_step,
+    to_device,
+)
 
 ValFn = Callable[[nn.Module], Mapping[str, Any]]
-ProposalFn = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses/gradients; ``last.pt`` was left untouched."""
-
-    def __init__(self, message: str, iteration: int, checkpoint: str | None) -> None:
-        super().__init__(message)
-        self.iteration = iteration
-        self.checkpoint = checkpoint
-
-
-# --------------------------------------------------------------------------- small pieces
-
-
-def build_optimizer(model: nn.Module, momentum: float, weight_decay: float, lr: float) -> torch.optim.SGD:
-    """SGD over trainable parameters; weight decay on weights (ndim >= 2), none on biases/1-D."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-
-
-class StagedLoss(nn.Module):
-    """``loss(images, targets)`` = ``detector.loss`` restricted to ``stages``, with the proposals
-    of ``proposal_fn(images)`` (original-image coordinates of exactly these images) when given.
-
-    Keeps the detector as its only child, so DDP / SyncBatchNorm conversion see the same modules;
-    ``proposal_fn`` is a plain callable (a frozen proposal network is *not* registered here).
-    """
-
-    def __init__(
-        self, detector: nn.Module, stages: Sequence[str] | None, proposal_fn: ProposalFn | None
-    ) -> None:
-        super().__init__()
-        self.detector = detector
-        self.stages = tuple(stages) if stages is not None else None
-        self.proposal_fn = proposal_fn
-
-    def loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        kwargs: dict[str, Any] = {}
-        if self.stages is not None:
-            kwargs["stages"] = self.stages
-        if self.proposal_fn is not None:
-            with torch.no_grad():
-                kwargs["proposals"] = [p.detach() for p in self.proposal_fn(images)]
-        return self.detector.loss(images, targets, **kwargs)
-
-
-def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
-    """BatchNorm layers whose (affine) parameters all have ``requires_grad=False``."""
-    out = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            own = list(m.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
-                out.append(m)
-    return out
-
-
-def set_train_mode(model: nn.Module, frozen_bn: Sequence[nn.Module]) -> None:
-    """``model.train()``, except that the frozen BatchNorm layers stay in eval mode."""
-    model.train()
-    for m in frozen_bn:
-        m.eval()
+# --------------------------------------------------------------------------- run set-up
 
 
 def seed_everything(seed: int) -> None:
@@ -168,24 +114,6 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
     elif dev.type != "cpu":
         raise ConfigError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
     return dev
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision)."""
-    if amp == "none":
-        return None
-    if amp == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.amp='bf16' needs a GPU with bfloat16 support; use 'fp16'")
-        return torch.bfloat16
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError(
-                "train.amp='fp16' needs CUDA (fp16 training relies on the CUDA GradScaler); "
-                "on the CPU use train.amp='bf16' or 'none'"
-            )
-        return torch.float16
-    raise ConfigError(f"train.amp must be 'none', 'bf16' or 'fp16', got {amp!r}")
 
 
 @dataclass
@@ -223,41 +151,6 @@ def enable_determinism() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
-    if not norms:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def _clip_(params: Sequence[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
-    coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.detach().mul_(coef.to(p.grad.device, p.grad.dtype))
-
-
-def _params_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    return [
-        {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
-        for t in targets
-    ]
-
-
-def _fmt_losses(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
 def _is_due(iteration: int, period: int) -> bool:
@@ -505,20 +398,13 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     iteration = start_iter
     last_saved = start_iter if ckpt is not None else -1
-    bad_streak = 0
-    skipped = 0
+    guard = NonFiniteGuard(tcfg.max_bad_steps)
     metrics: dict[str, Any] = {}
     logged: dict[str, float] = {}
 
     def save_last() -> None:
         nonlocal last_saved
-        if not _params_finite(model):
-            raise TrainingDiverged(
-                f"training diverged: the weights became non-finite by iteration {iteration}; "
-                f"lower train.lr (now {tcfg.lr}) or raise train.warmup_iters. "
-                f"{last_path} was left as it was.",
-                iteration, str(last_path) if last_path.exists() else None,
-            )
+        check_finite_weights(model, iteration, tcfg.lr, last_path)
         rngs = dist_utils.all_gather_object(capture_rng_state())
         if main:
             save_checkpoint(
@@ -560,57 +446,27 @@ def _train(
         while iteration < tcfg.max_iter:
             images, targets = next(data_iter)
             images = [im.to(dev, non_blocking=True) for im in images]
-            targets = _to_device(targets, dev)
+            targets = to_device(targets, dev)
             lr = scheduler.apply()
-            with _autocast(dev, autocast_dtype):
-                loss_dict = runner(images, targets)
-            losses = {k: v.float() for k, v in loss_dict.items()}
-            total = torch.stack(list(losses.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-            else:
-                total.backward()
-            gnorm = _grad_norm(params)
-            vals = torch.stack([total.detach(), *(v.detach() for v in losses.values()), gnorm.to(total.device)]).tolist()
-            values = {"total": vals[0], **dict(zip(losses, vals[1:-1]))}
-            loss_ok = math.isfinite(vals[0])
-            grads_ok = scaler is not None or math.isfinite(vals[-1])
-            bad = dist_utils.any_rank(not (loss_ok and grads_ok))
+            outcome = forward_backward(
+                runner, images, targets, optimizer=optimizer, scaler=scaler, params=params,
+                device=dev, autocast_dtype=autocast_dtype,
+            )
+            values = outcome.values
+            bad = dist_utils.any_rank(not (outcome.loss_ok and outcome.grads_ok))
             iteration += 1
             if bad:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.update()
-                bad_streak += 1
-                skipped += 1
-                what = "loss" if not loss_ok else ("gradients" if not grads_ok else "loss/gradients on another rank")
+                skip_step(optimizer, scaler)
                 logger.warning(
-                    f"iteration {iteration}: non-finite {what} ({_fmt_losses(values)}); "
-                    f"optimizer step skipped ({bad_streak}/{tcfg.max_bad_steps} in a row)"
+                    guard.bad_step(iteration, values, loss_ok=outcome.loss_ok, grads_ok=outcome.grads_ok)
                 )
-                if bad_streak >= tcfg.max_bad_steps:
-                    kept = str(last_path) if last_path.exists() else None
-                    raise TrainingDiverged(
-                        f"training diverged: {bad_streak} consecutive iterations "
-                        f"({iteration - bad_streak + 1}..{iteration}) had non-finite losses or "
-                        f"gradients (last: {_fmt_losses(values)}). The learning rate is probably "
-                        f"too high for the batch size (lr {lr:.3g}, global batch {global_batch}): "
-                        "lower train.lr, raise train.warmup_iters, or set train.grad_clip_norm. "
-                        + (f"The last good checkpoint {kept} (iteration {last_saved}) was left "
-                           "untouched." if kept else "No checkpoint had been written yet."),
-                        iteration, kept,
-                    )
+                guard.check_diverged(
+                    iteration, values, lr=lr, global_batch=global_batch, last_path=last_path,
+                    last_saved=last_saved,
+                )
             else:
-                bad_streak = 0
-                if tcfg.grad_clip_norm:
-                    _clip_(params, float(tcfg.grad_clip_norm), gnorm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                guard.good_step()
+                optimizer_step(optimizer, scaler, params, outcome.grad_norm, tcfg.grad_clip_norm)
             scheduler.step()
 
             logger.accumulate(values)
@@ -640,7 +496,7 @@ def _train(
         "start_iteration": start_iter,
         "metrics": metrics,
         "losses": logged,
-        "skipped_steps": skipped,
+        "skipped_steps": guard.skipped,
         "last_checkpoint": str(last_path),
         "final_weights": str(final_path),
         "elapsed_s": time.perf_counter() - t0,
