@@ -37,6 +37,22 @@ def test_zf_and_tiny_shapes():
     assert tiny16(torch.zeros(1, 3, 64, 96)).shape == (1, 64, 4, 6)
 
 
+def test_tiny_stride4_merges_the_coarse_map_into_the_fine_one():
+    torch.manual_seed(0)
+    tiny4 = build_backbone(BackboneConfig(name="tiny", stride=4, width=16)).eval()
+    x = torch.rand(1, 3, 64, 96)
+    assert tiny4(x).shape == (1, 32, 16, 24) and tiny4.stride == 4 and tiny4.out_channels == 32
+    # odd sizes: the /8 map is upsampled to the /4 map's exact size
+    assert tiny4(torch.rand(1, 3, 68, 100)).shape == (1, 32, 17, 25)
+    # the top-down path matters: zeroing the /8 stage's last conv changes the output
+    before = tiny4(x)
+    with torch.no_grad():
+        tiny4.coarse[-1][0].weight.zero_()
+    assert not torch.allclose(before, tiny4(x))
+    with pytest.raises(ConfigError, match="stride 4, 8 or 16"):
+        build_backbone(BackboneConfig(name="tiny", stride=32))
+
+
 def test_bad_weights_and_names(tmp_path):
     with pytest.raises(BackboneWeightsError, match="not found"):
         build_backbone(BackboneConfig(name="zf", weights=str(tmp_path / "nope.pth")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...config import BackboneConfig, ConfigError
 from .common import Backbone, BackboneWeightsError, read_state_dict
 from .mobilenet import MobileNetV2
-from .tiny import Tiny
+from .tiny import STRIDES as TINY_STRIDES, Tiny
 from .vgg import VGG16
 from .zf import ZF
 
@@ -24,6 +24,8 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
         _require_stride(cfg, 16)
         return ZF(weights, cfg.frozen_stages)
     if cfg.name == "tiny":
+        if cfg.stride not in TINY_STRIDES:
+            raise ConfigError(f"backbone tiny has stride 4, 8 or 16, config says {cfg.stride}")
         return Tiny(cfg.width, cfg.stride, weights)
     if cfg.name == "mobilenet_v2":
         if cfg.stride not in (8, 16):

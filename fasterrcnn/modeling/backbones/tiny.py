@@ -1,16 +1,23 @@
-"""A small, fast backbone for CPU work (the demo preset): conv-BN-ReLU stages, stride 8 or 16.
+"""A small, fast backbone for CPU work (the demo preset): conv-BN-ReLU stages, stride 4, 8 or 16.
+
+Shapes: x [B, 3, H, W] -> features [B, C, H/s, W/s].
 
 Channels: stem w/2 at /2, w at /4, 2w at /8 (with a dilated conv for a larger receptive field),
-and 4w at /16 when ``stride`` is 16. Trained from scratch (random init).
+and 4w at /16 when ``stride`` is 16. With ``stride`` 4 the /8 map is upsampled and added to a
+1x1 projection of the /4 map (one top-down step, as in FPN), then smoothed by a 3x3 conv: a
+finer map for small objects that still sees the /8 context. Trained from scratch (random init).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import Backbone, load_matching, read_state_dict
+
+STRIDES = (4, 8, 16)
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -24,19 +31,22 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequ
 class Tiny(Backbone):
     def __init__(self, width: int = 48, stride: int = 8, weights: str | Path | None = None) -> None:
         super().__init__()
-        if stride not in (8, 16):
-            raise ValueError(f"the tiny backbone has stride 8 or 16, got {stride}")
+        if stride not in STRIDES:
+            raise ValueError(f"the tiny backbone has stride 4, 8 or 16, got {stride}")
         w = int(width)
-        stages = [
-            _conv_bn(3, w // 2, 2),
-            _conv_bn(w // 2, w, 2), _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w, dilation=2),
-        ]
+        fine = [_conv_bn(3, w // 2, 2), _conv_bn(w // 2, w, 2), _conv_bn(w, w)]  # /4
+        coarse = [_conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w, dilation=2)]
         out = 2 * w
         if stride == 16:
-            stages += [_conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w, dilation=2)]
+            coarse += [_conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w, dilation=2)]
             out = 4 * w
-        self.features = nn.Sequential(*stages)
+        if stride == 4:
+            self.fine = nn.Sequential(*fine)
+            self.coarse = nn.Sequential(*coarse)
+            self.lateral = nn.Conv2d(w, 2 * w, 1)
+            self.smooth = _conv_bn(2 * w, 2 * w)
+        else:  # one plain chain (the layout of checkpoints written before stride 4 existed)
+            self.features = nn.Sequential(*fine, *coarse)
         self.out_channels = out
         self.stride = stride
         for m in self.modules():
@@ -46,4 +56,9 @@ class Tiny(Backbone):
             load_matching(self, read_state_dict(weights), str(weights))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.features(x)
+        if self.stride != 4:
+            return self.features(x)
+        c4 = self.fine(x)
+        c8 = self.coarse(c4)
+        top = F.interpolate(c8, size=c4.shape[-2:], mode="nearest")
+        return self.smooth(self.lateral(c4) + top)

@@ -1,0 +1,189 @@
+"""Variants of the demo preset (``tiny-shapes``) trained and scored side by side.
+
+Each variant is the preset with some config overrides (and, for the data variants, another
+:class:`~fasterrcnn.data.shapes.ShapesSpec`), trained on ``shapes:train`` (800 images) and scored
+on ``shapes:test`` (200 images) with VOC07 11-point mAP at IoU 0.5, plus the detector's recall by
+object size (score >= 0.3, IoU >= 0.5, right class). Variants run as separate processes, several
+at once (``--parallel``), on the CPU or a GPU: the GPU is for choosing settings quickly; the
+demo's own figure is always measured on 2 CPU cores with ``fasterrcnn demo``.
+
+Usage::
+
+    python benchmarks/demo_sweep.py --device cuda --parallel 8 --out /tmp/sweep base stride4
+    python benchmarks/demo_sweep.py --list
+
+Results: one ``OUT/NAME.json`` per variant and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SIZE_EDGES = (24.0, 48.0, 96.0)
+
+
+def _steps(iters: int) -> dict[str, Any]:
+    """max_iter with the preset's decay points at the same fractions (1900/2500, 2300/2500)."""
+    return {"train.max_iter": iters, "train.lr_steps": [round(iters * 0.76), round(iters * 0.92)]}
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "iters3500": _steps(3500),
+    "stride4": {"model.backbone.stride": 4},
+    "stride4-rpn32": {"model.backbone.stride": 4, "model.rpn.conv_channels": 32},
+    "input352": {"model.input.min_size_train": [352], "model.input.max_size_train": 576,
+                 "model.input.min_size_test": 352, "model.input.max_size_test": 576},
+    "multiscale": {"model.input.min_size_train": [256, 288, 320, 352],
+                   "model.input.max_size_train": 576},
+    "width48": {"model.backbone.width": 48},
+    "rpn512": {"model.rpn.batch_size_per_image": 512},
+    "batch8": {"train.images_per_batch": 8},
+    "roi128": {"model.roi_head.batch_size_per_image": 128},
+    "anchors-small": {"model.anchors.sizes": [12, 16, 24, 32, 48, 64, 96, 128, 200]},
+    "lr03": {"train.lr": 0.03},
+    "anchors-sqrt2": {"model.anchors.sizes": [16, 22.6, 32, 45.3, 64, 90.5, 128, 181]},
+    "anchors-sqrt2-train2000": {"model.anchors.sizes": [16, 22.6, 32, 45.3, 64, 90.5, 128, 181],
+                                "@train_images": 2000},
+    "data-min20": {"@spec.min_object": 20.0, "@spec.max_object": 160.0},
+    "train2000": {"@train_images": 2000},
+    "train3200": {"@train_images": 3200},
+    "train2000-iters3500": {"@train_images": 2000, **_steps(3500)},
+    "train3200-iters3500": {"@train_images": 3200, **_steps(3500)},
+    "train2000-multiscale": {"@train_images": 2000, "model.input.min_size_train": [256, 288, 320, 352],
+                             "model.input.max_size_train": 576},
+    "train2000-width48": {"@train_images": 2000, "model.backbone.width": 48},
+    "amp-bf16": {"train.amp": "bf16"},  # GPU only
+    "amp-fp16": {"train.amp": "fp16"},  # GPU only
+}
+
+
+def _size_recall(dets: list[dict], anns: list) -> dict[str, Any]:
+    import numpy as np
+
+    from fasterrcnn.evaluation import box_iou_np
+
+    edges = (0.0, *SIZE_EDGES, float("inf"))
+    found = np.zeros(len(edges) - 1)
+    total = np.zeros(len(edges) - 1)
+    for det, ann in zip(dets, anns):
+        keep = np.asarray(det["scores"]) >= 0.3
+        boxes, labels = np.asarray(det["boxes"])[keep], np.asarray(det["labels"])[keep]
+        for box, label in zip(ann.boxes, ann.labels):
+            size = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+            b = int(np.searchsorted(edges, size, side="right") - 1)
+            total[b] += 1
+            same = labels == label
+            if same.any() and box_iou_np(box[None], boxes[same]).max() >= 0.5:
+                found[b] += 1
+    names = [f"<{int(edges[1])}"] + [f"{int(a)}-{int(b)}" for a, b in zip(edges[1:-2], edges[2:-1])]
+    names.append(f">={int(edges[-2])}")
+    return {n: round(float(f / max(t, 1)), 3) for n, f, t in zip(names, found, total)}
+
+
+def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
+    import torch
+
+    from fasterrcnn.config import override, preset
+    from fasterrcnn.data.dataset import InMemoryDataset
+    from fasterrcnn.data.shapes import ShapesDataset, ShapesSpec
+    from fasterrcnn.engine.inference import run_inference, score
+    from fasterrcnn.engine.trainer import train
+
+    torch.set_num_threads(threads)
+    changes = VARIANTS[name]
+    spec = ShapesSpec(**{k[6:]: v for k, v in changes.items() if k.startswith("@spec.")})
+    cfg = override(preset("tiny-shapes"), {k: v for k, v in changes.items() if not k.startswith("@")})
+    start = time.time()
+    num_train = int(changes.get("@train_images", 800))
+    train_set = InMemoryDataset(ShapesDataset("train", num_train, seed=0, spec=spec))
+    test_set = ShapesDataset("test", 200, seed=0, spec=spec)
+    data_s = time.time() - start
+    summary = train(cfg, train_set, out_dir=out / name, classes=train_set.classes, device=device,
+                    progress=False)
+    train_s = time.time() - start - data_s
+    model = summary.get("model")
+    if model is None:
+        from fasterrcnn.engine.checkpoint import load_model
+
+        model, _, _ = load_model(out / name / "model_final.pt", device=device)
+    dets = run_inference(model, test_set, batch_size=8, device=device)
+    result = score(dets, test_set, "voc07")
+    anns = [test_set.annotation(i) for i in range(len(test_set))]
+    row = {
+        "variant": name, "changes": changes, "device": device, "threads": threads,
+        "mAP": round(result["mAP"], 4), "AP": {k: round(v, 3) for k, v in result["AP"].items()},
+        "recall_by_size": _size_recall(dets, anns), "iterations": summary["iteration"],
+        "data_s": round(data_s, 1), "train_s": round(train_s, 1),
+        "it_per_s": round(summary["iteration"] / max(train_s, 1e-9), 2),
+    }
+    (out / f"{name}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("variants", nargs="*", help="variant names (default: all); see --list")
+    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parallel", type=int, default=1, help="variants trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    p.add_argument("--out", default="runs/demo_sweep")
+    p.add_argument("--deadline-min", type=float, default=None,
+                   help="stop waiting (and kill what still runs) after this many minutes")
+    p.add_argument("--run", help=argparse.SUPPRESS)  # one variant, in this process
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.list:
+        for name, changes in VARIANTS.items():
+            print(f"{name:16s} {json.dumps(changes)}")
+        return 0
+    if args.run:
+        run_one(args.run, args.device, out, args.threads)
+        return 0
+    names = args.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants: {unknown}; see --list")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    pending, running = list(names), {}
+    deadline = time.time() + 60 * args.deadline_min if args.deadline_min else None
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name = pending.pop(0)
+            log = open(out / f"{name}.log", "w")
+            cmd = [sys.executable, __file__, "--run", name, "--device", args.device,
+                   "--threads", str(args.threads), "--out", str(out)]
+            running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                print(f"[{time.strftime('%H:%M:%S')}] {name} exited {proc.returncode}", flush=True)
+        if deadline and time.time() > deadline:
+            for name, proc in running.items():
+                proc.kill()
+                print(f"{name}: killed at the deadline", flush=True)
+            break
+        time.sleep(2)
+    print(f"\n{'variant':16s} {'mAP':>6s} {'it/s':>6s} {'train s':>8s}  recall by size")
+    for name in names:
+        path = out / f"{name}.json"
+        if not path.exists():
+            print(f"{name:16s} (no result; see {out / (name + '.log')})")
+            continue
+        r = json.loads(path.read_text())
+        print(f"{name:16s} {r['mAP']:6.3f} {r['it_per_s']:6.2f} {r['train_s']:8.0f}  {r['recall_by_size']}  {r['AP']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
