@@ -16,6 +16,9 @@ TINY = {
     "model.input.max_size_test": 128,
     "model.roi_head.representation_size": 64,
     "model.roi_head.batch_size_per_image": 32,
+    # fewer test proposals than training ones (the preset keeps the paper's 6000 / 300 at test)
+    "model.rpn.pre_nms_top_n_test": 1000,
+    "model.rpn.post_nms_top_n_test": 150,
 }
 
 
