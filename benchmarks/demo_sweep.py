@@ -18,7 +18,6 @@ Results: one ``OUT/NAME.json`` per variant and a table on stdout.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -95,6 +94,7 @@ def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
     from fasterrcnn.config import override, preset
     from fasterrcnn.data.dataset import InMemoryDataset
     from fasterrcnn.data.shapes import ShapesDataset, ShapesSpec
+    from fasterrcnn.engine.checkpoint import load_model
     from fasterrcnn.engine.inference import run_inference, score
     from fasterrcnn.engine.trainer import train
 
@@ -110,11 +110,7 @@ def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
     summary = train(cfg, train_set, out_dir=out / name, classes=train_set.classes, device=device,
                     progress=False)
     train_s = time.time() - start - data_s
-    model = summary.get("model")
-    if model is None:
-        from fasterrcnn.engine.checkpoint import load_model
-
-        model, _, _ = load_model(out / name / "model_final.pt", device=device)
+    model, _, _ = load_model(out / name / "model_final.pt", device=device)
     dets = run_inference(model, test_set, batch_size=8, device=device)
     result = score(dets, test_set, "voc07")
     anns = [test_set.annotation(i) for i in range(len(test_set))]
