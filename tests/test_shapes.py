@@ -12,6 +12,8 @@ from fasterrcnn.config import ConfigError
 from fasterrcnn.data.dataset import DataError, DetectionDataset
 from fasterrcnn.data.shapes import (
     SHAPES_CLASSES,
+    ShapeObject,
+    ShapesLayout,
     ShapesDataset,
     ShapesSpec,
     cross_mask,
@@ -104,7 +106,7 @@ def test_boxes_inside_nondegenerate_labels(annotations: list) -> None:
         assert not ann.difficult.any() and not ann.iscrowd.any()
 
 
-def test_scale_aspect_class_and_size_variety(annotations: list) -> None:
+def test_scale_aspect_class_and_size_variety(train: ShapesDataset, annotations: list) -> None:
     boxes = np.concatenate([a.boxes for a in annotations])
     labels = np.concatenate([a.labels for a in annotations])
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -112,7 +114,11 @@ def test_scale_aspect_class_and_size_variety(annotations: list) -> None:
     assert side.max() / side.min() >= 8.0
     aspect = w / h
     assert aspect.min() < 0.6 and aspect.max() > 1.7
-    assert aspect.min() > 0.4 and aspect.max() < 2.5
+    # the generator's aspect bound holds for the full shapes (occlusion may narrow a visible box)
+    full = np.concatenate([
+        layout_for(train._rng(i), train.spec).boxes() for i in range(200)])
+    full_aspect = (full[:, 2] - full[:, 0]) / (full[:, 3] - full[:, 1])
+    assert full_aspect.min() > 0.4 and full_aspect.max() < 2.5
     assert set(labels.tolist()) == set(range(1, len(SHAPES_CLASSES) + 1))
     assert len({a.height for a in annotations}) > 20 and len({a.width for a in annotations}) > 20
     counts = {len(a.boxes) for a in annotations}
@@ -152,6 +158,59 @@ def test_masks_are_tight_and_match_boxes() -> None:
             m = o.mask
             assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
             assert tuple(box.tolist()) == (o.x0, o.y0, o.x0 + m.shape[1], o.y0 + m.shape[0])
+
+
+def test_visible_boxes_hand_made() -> None:
+    """Exact visible boxes: B covers A's right 6 columns, C covers nothing and nothing covers it."""
+    a = ShapeObject(1, 0, 0, np.ones((10, 10), bool))
+    b = ShapeObject(2, 4, 2, np.ones((6, 8), bool))  # x 4..12, y 2..8
+    c = ShapeObject(3, 20, 20, np.ones((4, 5), bool))
+    layout = ShapesLayout(30, 30, (a, b, c))
+    np.testing.assert_array_equal(
+        layout.boxes(), [[0, 0, 10, 10], [4, 2, 12, 8], [20, 20, 25, 24]]
+    )
+    # A keeps columns 0..3 everywhere and columns 4..9 in rows 0-1 and 8-9: its box is unchanged
+    np.testing.assert_array_equal(layout.visible_boxes()[0], [0, 0, 10, 10])
+    # a full-height cover of A's right part shrinks A's visible box to x 0..4
+    d = ShapeObject(2, 4, 0, np.ones((10, 8), bool))
+    two = ShapesLayout(30, 30, (a, d))
+    np.testing.assert_array_equal(two.visible_boxes(), [[0, 0, 4, 10], [4, 0, 12, 10]])
+    np.testing.assert_array_equal(two.annotated_boxes("full"), two.boxes())
+    np.testing.assert_array_equal(two.annotated_boxes("visible"), two.visible_boxes())
+    with pytest.raises(ValueError, match="visible"):
+        two.annotated_boxes("amodal")
+    with pytest.raises(ConfigError, match="boxes"):
+        ShapesSpec(boxes="amodal")
+
+
+def test_visible_boxes_inside_full_boxes() -> None:
+    """Visible boxes lie inside full boxes; they are equal exactly for objects nothing covers."""
+    spec = ShapesSpec(max_objects=12, min_objects=8)
+    rng = np.random.default_rng(11)
+    shrunk = 0
+    for _ in range(30):
+        layout = sample_layout(rng, spec)
+        full, vis = layout.boxes(), layout.visible_boxes()
+        assert (vis[:, :2] >= full[:, :2]).all() and (vis[:, 2:] <= full[:, 2:]).all()
+        assert (vis[:, 2:] > vis[:, :2]).all()
+        fully_visible = layout.visible_fractions() == 1.0
+        np.testing.assert_array_equal(vis[fully_visible], full[fully_visible])
+        shrunk += int((vis != full).any(axis=1).sum())
+    assert shrunk > 0
+
+
+def test_dataset_box_kind() -> None:
+    full = ShapesDataset("train", 40, spec=ShapesSpec(boxes="full"))
+    vis = ShapesDataset("train", 40)
+    differ = 0
+    for i in range(40):
+        layout = layout_for(vis._rng(i), vis.spec)
+        np.testing.assert_array_equal(vis.annotation(i).boxes, layout.visible_boxes())
+        np.testing.assert_array_equal(full.annotation(i).boxes, layout.boxes())
+        differ += int(not np.array_equal(vis.annotation(i).boxes, full.annotation(i).boxes))
+    assert differ > 0
+    _, target = vis[3]
+    assert torch.equal(target["boxes"], torch.from_numpy(vis.annotation(3).boxes))
 
 
 @pytest.mark.parametrize("clutter", [0.0, 1.0])

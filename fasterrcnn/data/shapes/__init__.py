@@ -20,7 +20,9 @@ and leaves the shape as the only cue (a harder variant). Objects also get a mild
 shading, a log-uniform size (``sqrt(w * h)`` in ``[min_object, max_object]``) and a log-uniform
 aspect ratio ``w / h`` in ``[1 / max_aspect, max_aspect]``. Objects lie inside the image, may
 overlap (box IoU at most ``max_iou``) and occlude each other (later ones on top), but every object
-keeps at least ``min_visible`` of its pixels visible. The box is the tight box of the *full* shape.
+keeps at least ``min_visible`` of its pixels visible. The box is the tight box of the object's
+*visible* pixels, as VOC and COCO annotate (``boxes="full"``: of the whole shape, occluded parts
+included).
 
 Backgrounds are cluttered with things that are not objects: smooth colour gradients, mottled
 low-contrast texture, faint stripes, thin curves (1-2 px wide), small specks (< 6 px) and pixel

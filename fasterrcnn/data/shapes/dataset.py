@@ -74,7 +74,7 @@ class ShapesDataset:
         if ann is None:
             layout = layout_for(self._rng(i), self.spec)
             ann = self._make_annotation(
-                i, layout.boxes(), layout.labels(), layout.height, layout.width
+                i, layout.annotated_boxes(self.spec.boxes), layout.labels(), layout.height, layout.width
             )
             if self.cache:
                 self._annotations[i] = ann

@@ -33,6 +33,7 @@ class ShapesSpec:
     class_hues: bool = True  # each class draws its hue from its own band (see package docstring)
     clutter: float = 1.0  # scales background clutter and noise; 0 = plain smooth gradient
     placement_tries: int = 30  # positions tried per object before it is dropped
+    boxes: str = "visible"  # "visible": tight box of the pixels left visible (VOC/COCO); "full"
 
     def __post_init__(self) -> None:
         if not 8 <= self.min_side <= self.max_side:
@@ -52,6 +53,8 @@ class ShapesSpec:
         for name in ("empty_fraction", "max_iou", "min_visible"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.boxes not in ("visible", "full"):
+            raise ConfigError(f"boxes must be 'visible' or 'full', got {self.boxes!r}")
         if self.min_contrast < 0 or self.clutter < 0 or self.placement_tries < 1:
             raise ConfigError("min_contrast and clutter must be >= 0, placement_tries >= 1")
 
@@ -80,19 +83,49 @@ class ShapesLayout:
     objects: tuple[ShapeObject, ...]
 
     def boxes(self) -> np.ndarray:
-        """[N, 4] float32 xyxy."""
+        """[N, 4] float32 xyxy: the tight box of each *full* shape (occluded parts included)."""
         return np.asarray([o.box for o in self.objects], np.float32).reshape(-1, 4)
+
+    def visible_boxes(self) -> np.ndarray:
+        """[N, 4] float32 xyxy: the tight box of the pixels each object keeps visible.
+
+        This is what VOC and COCO annotate ("all visible pixels of the object"); it equals
+        :meth:`boxes` for objects nothing covers.
+        """
+        owner = self._owner()
+        out = np.zeros((len(self.objects), 4), np.float32)
+        for k, o in enumerate(self.objects):
+            h, w = o.mask.shape
+            ys, xs = np.nonzero(owner[o.y0 : o.y0 + h, o.x0 : o.x0 + w] == k)
+            if len(xs):  # sample_layout keeps min_visible > 0 of every object
+                out[k] = (o.x0 + xs.min(), o.y0 + ys.min(), o.x0 + xs.max() + 1, o.y0 + ys.max() + 1)
+            else:
+                out[k] = o.box
+        return out
+
+    def annotated_boxes(self, kind: str) -> np.ndarray:
+        """[N, 4] float32 xyxy: :meth:`visible_boxes` (``"visible"``) or :meth:`boxes` (``"full"``)."""
+        if kind == "visible":
+            return self.visible_boxes()
+        if kind == "full":
+            return self.boxes()
+        raise ValueError(f"box kind must be 'visible' or 'full', got {kind!r}")
 
     def labels(self) -> np.ndarray:
         """[N] int64 in 1..K."""
         return np.asarray([o.label for o in self.objects], np.int64).reshape(-1)
 
-    def visible_fractions(self) -> np.ndarray:
-        """[N] fraction of each object's pixels not covered by later objects."""
+    def _owner(self) -> np.ndarray:
+        """[H, W] int32: index of the topmost object at each pixel, -1 for background."""
         owner = np.full((self.height, self.width), -1, np.int32)
         for k, o in enumerate(self.objects):
             h, w = o.mask.shape
             owner[o.y0 : o.y0 + h, o.x0 : o.x0 + w][o.mask] = k
+        return owner
+
+    def visible_fractions(self) -> np.ndarray:
+        """[N] fraction of each object's pixels not covered by later objects."""
+        owner = self._owner()
         counts = np.bincount(owner.ravel() + 1, minlength=len(self.objects) + 1)[1:]
         areas = np.asarray([o.mask.sum() for o in self.objects], np.float64)
         return counts / np.maximum(areas, 1.0)

@@ -192,10 +192,13 @@ def paint_layout(layout: ShapesLayout, rng: np.random.Generator, spec: ShapesSpe
 def render_shapes_image(
     rng: np.random.Generator, spec: ShapesSpec = ShapesSpec()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One sample: (image [H, W, 3] uint8, boxes [N, 4] float32 xyxy, labels [N] int64 1..K)."""
+    """One sample: (image [H, W, 3] uint8, boxes [N, 4] float32 xyxy, labels [N] int64 1..K).
+
+    The boxes are the kind ``spec.boxes`` names (see :meth:`ShapesLayout.annotated_boxes`)."""
     layout_rng, paint_rng = _child_rngs(rng, 2)
     layout = sample_layout(layout_rng, spec)
-    return paint_layout(layout, paint_rng, spec), layout.boxes(), layout.labels()
+    return (paint_layout(layout, paint_rng, spec), layout.annotated_boxes(spec.boxes),
+            layout.labels())
 
 
 def layout_for(rng: np.random.Generator, spec: ShapesSpec = ShapesSpec()) -> ShapesLayout:
