@@ -36,7 +36,9 @@ class BackboneConfig:
 class AnchorConfig:
     sizes: tuple[float, ...] = (128.0, 256.0, 512.0)  # sqrt(area) in input pixels
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
-    offset: float = 0.5  # anchor centres at (x + offset) * stride: 0.5 = centre of the cell
+    # anchor centres at (x + offset) * stride: 0.5 = centre of the cell (pooling backbones such as
+    # VGG); 0.0 where 3x3 stride-2 convs with padding 1 centre cell x at x * stride + 0.5
+    offset: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,15 @@ class RPNConfig:
     smooth_l1_beta: float = 1.0 / 9.0  # py-faster-rcnn's sigma = 3
     loss_weight_cls: float = 1.0
     loss_weight_reg: float = 1.0
+    # "anchor": every sampled anchor weighs 1 (the paper); "box": the positive anchors of each gt
+    # box share one box's weight, so a small box with 1 positive counts as much as a big one with 30
+    positive_weighting: str = "anchor"
+
+    def __post_init__(self) -> None:
+        if self.positive_weighting not in ("anchor", "box"):
+            raise ConfigError(
+                f"rpn.positive_weighting must be 'anchor' or 'box', got {self.positive_weighting!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class RoIHeadConfig:
     pooler: str = "roi_pool"  # "roi_pool" (the paper) | "roi_align"
     pool_size: int = 7
     sampling_ratio: int = 2  # roi_align only
+    aligned: bool = True  # roi_align only: cell i at (i + 0.5) * stride; False: at i * stride
     representation_size: int = 4096  # fc6 / fc7 width
     dropout: float = 0.5  # after fc6 and fc7 (VGG-style); 0 disables
     batch_size_per_image: int = 128
@@ -73,6 +85,7 @@ class RoIHeadConfig:
     bg_iou_thresh_hi: float = 0.5
     bg_iou_thresh_lo: float = 0.0
     add_gt_as_proposals: bool = True
+    positive_weighting: str = "roi"  # "roi": every sampled RoI weighs 1 (the paper); "box": see RPN
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # 1 / (.1,.1,.2,.2)
     smooth_l1_beta: float = 1.0
     score_thresh: float = 0.05
@@ -80,6 +93,12 @@ class RoIHeadConfig:
     detections_per_img: int = 100
     loss_weight_cls: float = 1.0
     loss_weight_reg: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.positive_weighting not in ("roi", "box"):
+            raise ConfigError(
+                f"roi_head.positive_weighting must be 'roi' or 'box', got {self.positive_weighting!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from fasterrcnn.modeling.losses import detection_losses, smooth_l1
+from fasterrcnn.modeling.losses import box_balanced_weights, detection_losses, smooth_l1
 
 
 def test_smooth_l1_hand_values():
@@ -38,3 +38,27 @@ def test_background_only_has_no_regression_loss():
     cls, reg = detection_losses(logits, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(0, 4), beta=1.0)
     torch.testing.assert_close(cls, torch.log1p(torch.exp(torch.tensor(-3.0))))
     assert reg.item() == 0
+
+
+def test_box_balanced_weights_hand_case():
+    # 4 positives: 3 on box 0, 1 on box 7 -> each box carries 2 of the total 4
+    w = box_balanced_weights(torch.tensor([0, 7, 0, 0]))
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0, 2 / 3, 2 / 3]))
+    torch.testing.assert_close(box_balanced_weights(torch.tensor([5, 5])), torch.ones(2))
+    assert box_balanced_weights(torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
+def test_weighted_detection_losses_hand_case():
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
+    labels = torch.tensor([1, 0])  # CE: log 2 and log 4
+    deltas = torch.tensor([[0.5, 0.0, 0.0, 2.0]])
+    targets = torch.zeros(1, 4)
+    cls, reg = detection_losses(logits, labels, deltas, targets, beta=1.0,
+                                class_weights=torch.tensor([3.0, 1.0]),
+                                box_weights=torch.tensor([0.5]))
+    torch.testing.assert_close(cls, torch.tensor((3 * math.log(2) + math.log(4)) / 2))
+    torch.testing.assert_close(reg, torch.tensor(0.5 * (0.125 + 1.5) / 2))
+    ones = detection_losses(logits, labels, deltas, targets, beta=1.0,
+                            class_weights=torch.ones(2), box_weights=torch.ones(1))
+    plain = detection_losses(logits, labels, deltas, targets, beta=1.0)
+    torch.testing.assert_close(ones, plain)

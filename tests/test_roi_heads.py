@@ -87,3 +87,37 @@ def test_pooler_accepts_bfloat16_features():
     feats = torch.randn(1, 4, 8, 8).to(torch.bfloat16)
     out = RoIPooler("roi_pool", 7, 16)(feats, [torch.tensor([[0.0, 0, 64, 64]])])
     assert out.shape == (1, 4, 7, 7) and torch.isfinite(out.float()).all()
+
+
+def test_roi_align_cell_centres():
+    """Feature value = column index; a 1x1 RoIAlign with one sample reads the box centre x = 8 px.
+    aligned: cell i sits at (i + 0.5) * 8 -> index 0.5; not aligned: at i * 8 -> index 1.0."""
+    feats = torch.arange(6.0).repeat(6, 1)[None, None]  # [1, 1, 6, 6], value = column
+    box = [torch.tensor([[0.0, 0, 16, 16]])]
+    aligned = RoIPooler("roi_align", 1, 8, sampling_ratio=1, aligned=True)(feats, box)
+    plain = RoIPooler("roi_align", 1, 8, sampling_ratio=1, aligned=False)(feats, box)
+    assert aligned.item() == 0.5 and plain.item() == 1.0
+
+
+def test_box_weighting_in_roi_loss():
+    """"box" weighting changes the RoI loss only when the boxes have unequal foreground counts."""
+    torch.manual_seed(0)
+    paper, box = _heads(pooler="roi_align"), _heads(pooler="roi_align")
+    box.positive_weighting = "box"
+    box.load_state_dict(paper.state_dict())
+    feats = torch.randn(1, 4, 8, 8)
+    gts = [torch.tensor([[4.0, 4, 100, 100], [100.0, 100, 116, 116]])]
+    props = [torch.tensor([[4.0, 4, 100, 100], [6.0, 6, 100, 100], [4.0, 4, 98, 96],
+                           [8.0, 8, 100, 100], [100.0, 100, 116, 116], [0.0, 0, 20, 20]])]
+    labels = [torch.tensor([1, 2])]
+    torch.manual_seed(1)
+    a = paper.loss(feats, props, gts, labels)
+    torch.manual_seed(1)
+    b = box.loss(feats, props, gts, labels)
+    assert not torch.allclose(a["roi_cls"], b["roi_cls"])
+    one = [gts[0][:1]], [labels[0][:1]]
+    torch.manual_seed(2)
+    a = paper.loss(feats, props, *one)
+    torch.manual_seed(2)
+    b = box.loss(feats, props, *one)
+    torch.testing.assert_close(a, b)

@@ -1,7 +1,10 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
 from fasterrcnn.modeling.anchors import AnchorGenerator
 from fasterrcnn.modeling.box_coding import BoxCoder
+from fasterrcnn.modeling.losses import box_balanced_weights
 from fasterrcnn.modeling.matching import BACKGROUND, IGNORE, Matcher
 from fasterrcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork, RPNHead, label_anchors
 from fasterrcnn.modeling.sampling import Sampler
@@ -9,7 +12,7 @@ from fasterrcnn.modeling.sampling import Sampler
 RPN_MATCHER = Matcher(0.7, 0.3, 0.0, True)
 
 
-def _rpn(channels=8, sizes=(32.0,), ratios=(0.5, 1.0, 2.0), stride=16):
+def _rpn(channels=8, sizes=(32.0,), ratios=(0.5, 1.0, 2.0), stride=16, weighting="anchor"):
     gen = AnchorGenerator(sizes, ratios, stride)
     return RegionProposalNetwork(
         RPNHead(channels, channels, gen.num_anchors),
@@ -19,6 +22,7 @@ def _rpn(channels=8, sizes=(32.0,), ratios=(0.5, 1.0, 2.0), stride=16):
         coder=BoxCoder(),
         train_settings=ProposalSettings(2000, 200, 0.7, 0.0),
         test_settings=ProposalSettings(1000, 50, 0.7, 0.0),
+        positive_weighting=weighting,
     )
 
 
@@ -77,3 +81,41 @@ def test_loss_and_proposals_end_to_end():
         assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all() and (b[:, :2] >= 0).all()
     boxes_train, _ = rpn.propose(out, sizes, training=True)
     assert all(len(bt) >= len(b) for bt, b in zip(boxes_train, boxes))
+
+
+def test_box_weighting_counts_each_box_once():
+    """With one positive anchor on a small box and many on a big one, "box" weighting gives the
+    small box's anchor half the positive weight; with a single box it equals the paper's loss."""
+    torch.manual_seed(0)
+    sizes = [(128, 128)]
+    feats = torch.randn(1, 8, 8, 8)
+    big_and_small = [torch.tensor([[8.0, 8, 120, 120], [40.0, 40, 72, 72]])]
+    paper, box = _rpn(sizes=(32.0, 64.0, 128.0)), _rpn(sizes=(32.0, 64.0, 128.0), weighting="box")
+    for layer in (paper.head.conv, paper.head.cls_logits):  # logits far from 0: unequal losses
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    box.load_state_dict(paper.state_dict())
+    out = paper(feats)
+    matched = label_anchors(out.anchors, big_and_small[0], sizes[0], matcher=RPN_MATCHER,
+                            straddle_thresh=0.0)
+    counts = torch.bincount(matched[matched >= 0], minlength=2)
+    assert counts[0] != counts[1]  # unequal numbers of positives, so the weighting matters
+    torch.manual_seed(1)
+    a = paper.loss(out, sizes, big_and_small)
+    torch.manual_seed(1)
+    b = box.loss(out, sizes, big_and_small)
+    # same sampled anchors (all positives, same negatives): only the positives' terms change
+    pos = (matched >= 0).nonzero()[:, 0]
+    ce = F.cross_entropy(out.objectness_logits[0, pos], torch.ones(len(pos), dtype=torch.int64),
+                         reduction="none")
+    w = box_balanced_weights(matched[pos])
+    num = len(pos) + min(256 - len(pos), int((matched == BACKGROUND).sum()))  # sampled anchors
+    torch.testing.assert_close(b["rpn_cls"], a["rpn_cls"] + ((w - 1) * ce).sum() / num)
+    assert not torch.allclose(a["rpn_cls"], b["rpn_cls"])
+    one_box = [big_and_small[0][:1]]
+    torch.manual_seed(2)
+    a = paper.loss(out, sizes, one_box)
+    torch.manual_seed(2)
+    b = box.loss(out, sizes, one_box)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="positive_weighting"):
+        _rpn(weighting="gt")

@@ -186,6 +186,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         smooth_l1_beta=r.smooth_l1_beta,
         loss_weight_cls=r.loss_weight_cls,
         loss_weight_reg=r.loss_weight_reg,
+        positive_weighting=r.positive_weighting,
     )
     h = cfg.roi_head
     box_head = BoxHead(backbone.out_channels * h.pool_size**2, h.representation_size, h.dropout)
@@ -196,7 +197,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         ) == tuple(box_head.fc7.weight.shape):
             box_head.load_state_dict(state)
     roi_heads = RoIHeads(
-        RoIPooler(h.pooler, h.pool_size, backbone.stride, h.sampling_ratio),
+        RoIPooler(h.pooler, h.pool_size, backbone.stride, h.sampling_ratio, h.aligned),
         box_head,
         BoxPredictor(h.representation_size, cfg.num_classes),
         matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh_hi, h.bg_iou_thresh_lo, False),
@@ -209,6 +210,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         detections_per_img=h.detections_per_img,
         loss_weight_cls=h.loss_weight_cls,
         loss_weight_reg=h.loss_weight_reg,
+        positive_weighting=h.positive_weighting,
     )
     i = cfg.input
     transform = InputTransform(

@@ -5,7 +5,8 @@ Shapes: S sampled examples, F foreground among them.
 Normalisation follows the reference implementation: the classification loss is the mean over the
 sampled examples, the regression loss the sum over foreground examples divided by the number of
 sampled examples (so lambda = 1 balances the two terms, as the paper's lambda = 10 with
-N_reg ~ 2400 does).
+N_reg ~ 2400 does). Optional per-example weights (see :func:`box_balanced_weights`) scale the
+terms inside those sums; the paper weighs every example 1.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
     return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
+def box_balanced_weights(matched_gt: Tensor) -> Tensor:
+    """[F] float weights of F positive examples from the gt box each one matches ([F] int64).
+
+    Every matched box gets the same total weight, shared equally by its examples, and the weights
+    sum to F: a small box with one positive anchor counts as much as a big box with thirty.
+    """
+    if matched_gt.numel() == 0:
+        return torch.zeros(0, device=matched_gt.device)
+    _, inverse, counts = torch.unique(matched_gt, return_inverse=True, return_counts=True)
+    return (matched_gt.numel() / counts.numel()) / counts[inverse].float()
+
+
 def detection_losses(
     class_logits: Tensor,
     class_targets: Tensor,
@@ -30,17 +43,26 @@ def detection_losses(
     box_targets: Tensor,
     *,
     beta: float,
+    class_weights: Tensor | None = None,
+    box_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(classification, regression) losses of one stage.
 
     ``class_logits`` [S, C] (C = 2 for the RPN, K+1 for Fast R-CNN), ``class_targets`` [S] int64
     (0 = background); ``box_deltas`` and ``box_targets`` [F, 4] for the foreground examples.
+    ``class_weights`` [S] and ``box_weights`` [F] scale each example's term (default 1).
     With no sampled example both losses are 0 (still connected to the graph).
     """
     num = class_targets.numel()
     if num == 0:
         zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
         return zero, zero
-    cls = F.cross_entropy(class_logits.float(), class_targets)
-    reg = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum() / num
-    return cls, reg
+    if class_weights is None:
+        cls = F.cross_entropy(class_logits.float(), class_targets)
+    else:
+        ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
+        cls = (ce * class_weights.float()).sum() / num
+    per_box = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
+    if box_weights is not None:
+        per_box = per_box * box_weights.float()
+    return cls, per_box.sum() / num

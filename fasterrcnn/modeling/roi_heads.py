@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
 from .box_coding import BoxCoder
-from .losses import detection_losses
+from .losses import box_balanced_weights, detection_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import detect
 from .proposals import add_gt_boxes
@@ -24,9 +24,17 @@ from .sampling import Sampler
 
 
 class RoIPooler(nn.Module):
-    """RoI pooling (the paper; quantised) or RoIAlign on a single feature map of given stride."""
+    """RoI pooling (the paper; quantised) or RoIAlign on a single feature map of given stride.
 
-    def __init__(self, kind: str, output_size: int, stride: int, sampling_ratio: int = 2) -> None:
+    ``aligned`` (RoIAlign only): feature cell ``i`` sits at image coordinate ``(i + 0.5) * stride``
+    (True, detectron2's choice) or ``i * stride`` (False, torchvision's default). Which one is right
+    depends on the backbone: a chain of 3x3 stride-2 convs with padding 1 centres cell ``i`` at
+    ``i * stride + 0.5``, so False fits it (see :class:`~fasterrcnn.config.AnchorConfig` ``offset``).
+    """
+
+    def __init__(
+        self, kind: str, output_size: int, stride: int, sampling_ratio: int = 2, aligned: bool = True
+    ) -> None:
         super().__init__()
         if kind not in ("roi_pool", "roi_align"):
             raise ValueError(f"unknown pooler {kind!r}: use 'roi_pool' or 'roi_align'")
@@ -34,6 +42,7 @@ class RoIPooler(nn.Module):
         self.output_size = (output_size, output_size)
         self.spatial_scale = 1.0 / stride
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
 
     def forward(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
         if self.kind == "roi_pool" and features.dtype not in (torch.float32, torch.float64):
@@ -42,7 +51,8 @@ class RoIPooler(nn.Module):
         if self.kind == "roi_pool":
             return roi_pool(features, boxes, self.output_size, self.spatial_scale)
         return roi_align(
-            features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, aligned=True
+            features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,
+            aligned=self.aligned,
         )
 
 
@@ -123,8 +133,11 @@ class RoIHeads(nn.Module):
         detections_per_img: int = 100,
         loss_weight_cls: float = 1.0,
         loss_weight_reg: float = 1.0,
+        positive_weighting: str = "roi",
     ) -> None:
         super().__init__()
+        if positive_weighting not in ("roi", "box"):
+            raise ValueError(f"positive_weighting must be 'roi' or 'box', got {positive_weighting!r}")
         self.pooler = pooler
         self.box_head = box_head
         self.predictor = predictor
@@ -138,6 +151,7 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.loss_weight_cls = loss_weight_cls
         self.loss_weight_reg = loss_weight_reg
+        self.positive_weighting = positive_weighting
 
     def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
@@ -150,7 +164,11 @@ class RoIHeads(nn.Module):
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
     ) -> dict[str, Tensor]:
-        """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas)."""
+        """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas).
+
+        With ``positive_weighting="box"`` each image's foreground RoIs are weighted so that every
+        gt box counts the same (:func:`box_balanced_weights`); background RoIs weigh 1.
+        """
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
         rois, labels, matched = [], [], []
@@ -165,7 +183,19 @@ class RoIHeads(nn.Module):
         fg = (labels_t > 0).nonzero(as_tuple=True)[0]
         deltas = box_deltas.view(len(labels_t), -1, 4)[fg, labels_t[fg]]
         targets = self.coder.encode(rois_t[fg], matched_t[fg])
-        cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta)
+        cls_w = box_w = None
+        if self.positive_weighting == "box":
+            cls_w = torch.ones(len(labels_t), device=labels_t.device)
+            start = 0
+            for lab, m in zip(labels, matched):  # per image: foreground RoIs come first
+                nfg = int((lab > 0).sum())
+                if nfg:
+                    ids = torch.unique(m[:nfg], dim=0, return_inverse=True)[1]
+                    cls_w[start : start + nfg] = box_balanced_weights(ids)
+                start += len(lab)
+            box_w = cls_w[fg]
+        cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
+                                    class_weights=cls_w, box_weights=box_w)
         return {"roi_cls": cls * self.loss_weight_cls, "roi_reg": reg * self.loss_weight_reg}
 
     def predict(

@@ -18,10 +18,12 @@ from torchvision.ops import box_iou
 
 from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder
-from .losses import detection_losses
+from .losses import box_balanced_weights, detection_losses
 from .matching import BACKGROUND, Matcher
 from .proposals import select_proposals
 from .sampling import Sampler
+
+POSITIVE_WEIGHTINGS = ("anchor", "box")  # see RegionProposalNetwork.loss
 
 
 class RPNHead(nn.Module):
@@ -105,8 +107,13 @@ class RegionProposalNetwork(nn.Module):
         smooth_l1_beta: float = 1.0 / 9.0,
         loss_weight_cls: float = 1.0,
         loss_weight_reg: float = 1.0,
+        positive_weighting: str = "anchor",
     ) -> None:
         super().__init__()
+        if positive_weighting not in POSITIVE_WEIGHTINGS:
+            raise ValueError(
+                f"positive_weighting must be one of {POSITIVE_WEIGHTINGS}, got {positive_weighting!r}"
+            )
         if head.num_anchors != anchor_generator.num_anchors:
             raise ValueError("RPN head and anchor generator disagree on the number of anchors")
         self.head = head
@@ -120,6 +127,7 @@ class RegionProposalNetwork(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight_cls = loss_weight_cls
         self.loss_weight_reg = loss_weight_reg
+        self.positive_weighting = positive_weighting
 
     def forward(self, features: Tensor) -> RPNOutput:
         logits, deltas = self.head(features)
@@ -148,8 +156,13 @@ class RegionProposalNetwork(nn.Module):
     def loss(
         self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], gt_boxes: Sequence[Tensor]
     ) -> dict[str, Tensor]:
-        """``rpn_cls`` (log loss over the sampled anchors) and ``rpn_reg`` (smooth L1)."""
-        logits, labels, deltas, targets = [], [], [], []
+        """``rpn_cls`` (log loss over the sampled anchors) and ``rpn_reg`` (smooth L1).
+
+        With ``positive_weighting="box"`` each image's positive anchors are weighted so that every
+        gt box counts the same (:func:`box_balanced_weights`); negatives always weigh 1.
+        """
+        balanced = self.positive_weighting == "box"
+        logits, labels, deltas, targets, weights = [], [], [], [], []
         for i, size in enumerate(image_sizes):
             gt = gt_boxes[i]
             matched = label_anchors(
@@ -161,11 +174,22 @@ class RegionProposalNetwork(nn.Module):
             labels.append((torch.arange(len(idx), device=idx.device) < len(pos)).long())
             deltas.append(out.anchor_deltas[i, pos])
             targets.append(self.coder.encode(out.anchors[pos], gt[matched[pos]].to(out.anchors.dtype)))
+            if balanced:
+                weights.append(box_balanced_weights(matched[pos]))
+        pos_weights = torch.cat(weights) if balanced else None
+        cls_weights = None
+        if pos_weights is not None:  # per image: positives first, then negatives of weight 1
+            parts: list[Tensor] = []
+            for lab, w in zip(labels, weights):
+                parts += [w, torch.ones(len(lab) - len(w), device=w.device)]
+            cls_weights = torch.cat(parts)
         cls, reg = detection_losses(
             torch.cat(logits),
             torch.cat(labels),
             torch.cat(deltas),
             torch.cat(targets),
             beta=self.smooth_l1_beta,
+            class_weights=cls_weights,
+            box_weights=pos_weights,
         )
         return {"rpn_cls": cls * self.loss_weight_cls, "rpn_reg": reg * self.loss_weight_reg}

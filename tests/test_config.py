@@ -1,0 +1,46 @@
+"""Tests of the config: presets, overrides from strings, unknown keys and bad choices, old files."""
+
+from __future__ import annotations
+
+import pytest
+
+from fasterrcnn.config import (
+    PRESETS, Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict,
+)
+
+
+def test_paper_defaults_for_the_new_options():
+    cfg = preset("vgg16-voc07")
+    assert cfg.model.rpn.positive_weighting == "anchor"
+    assert cfg.model.roi_head.positive_weighting == "roi"
+    assert cfg.model.anchors.offset == 0.5 and cfg.model.roi_head.aligned is True
+
+
+def test_override_from_command_line_strings():
+    cfg = override(preset("tiny-shapes"), parse_overrides([
+        "model.roi_head.aligned=true", "model.anchors.offset=0.5",
+        "model.rpn.positive_weighting=anchor", "train.lr=0.01",
+    ]))
+    assert cfg.model.roi_head.aligned is True and cfg.model.anchors.offset == 0.5
+    assert cfg.model.rpn.positive_weighting == "anchor" and cfg.train.lr == 0.01
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.rpn.positive_weighting", "boxes", "rpn.positive_weighting"),
+    ("model.roi_head.positive_weighting", "anchor", "roi_head.positive_weighting"),
+    ("model.roi_head.aligned", "maybe", "expected a boolean"),
+    ("model.rpn.no_such_key", "1", "unknown config key"),
+])
+def test_bad_values_raise_config_errors(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        override(preset("tiny-shapes"), {key: value})
+
+
+def test_round_trip_and_files_written_before_a_field_existed():
+    for name in PRESETS:
+        cfg = preset(name)
+        assert from_dict(Config, to_dict(cfg)) == cfg
+    old = to_dict(preset("tiny-shapes"))
+    del old["model"]["rpn"]["positive_weighting"], old["model"]["roi_head"]["aligned"]
+    cfg = from_dict(Config, old)  # a checkpoint's config from before these fields: paper values
+    assert cfg.model.rpn.positive_weighting == "anchor" and cfg.model.roi_head.aligned is True
