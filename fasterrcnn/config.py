@@ -279,28 +279,37 @@ def _tiny_shapes() -> Config:
     Departures from the paper's values, for 16-144 px objects on a CPU budget: stride 8, anchors
     of 16-200 px and RPN positives from IoU 0.6 (with anchors 8 px apart a 16 px object rarely
     overlaps any anchor at 0.7), RoIAlign (RoI pooling's quantisation costs small boxes dearly),
-    35% foreground RoIs, fewer training proposals, a narrow fc head. Test-time proposals are the
-    paper's (6000 before NMS, 300 after): ranking only the top 1000 anchors missed small objects.
+    35% foreground RoIs, fewer training proposals, a narrow fc head. Anchors and RoIAlign put
+    feature cell i at i * 8 px, where this backbone's stride-2 convs centre it (the usual cell
+    centre, (i + 0.5) * 8, is 3.5 px off: a fifth of a 16 px object). Both losses weigh every gt
+    box equally ("box" weighting), so that small boxes, with one or two positive anchors and few
+    foreground RoIs, are not outvoted by big ones. Test-time proposals are the paper's (6000
+    before NMS, 300 after): ranking only the top 1000 anchors missed small objects.
     """
     return Config(
         model=ModelConfig(
             num_classes=5,
             backbone=BackboneConfig(name="tiny", stride=8, width=32, frozen_stages=0),
-            anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 200.0), aspect_ratios=(0.5, 1.0, 2.0)),
+            anchors=AnchorConfig(
+                sizes=(16.0, 32.0, 64.0, 128.0, 200.0), aspect_ratios=(0.5, 1.0, 2.0), offset=0.0
+            ),
             rpn=RPNConfig(
                 conv_channels=64,
                 fg_iou_thresh=0.6,
                 pre_nms_top_n_train=1000,
                 post_nms_top_n_train=300,
                 min_size=4.0,
+                positive_weighting="box",
             ),
             roi_head=RoIHeadConfig(
                 pooler="roi_align",
+                aligned=False,
                 representation_size=256,
                 dropout=0.0,
                 batch_size_per_image=64,
                 positive_fraction=0.35,
                 nms_thresh=0.4,
+                positive_weighting="box",
             ),
             input=InputConfig(
                 min_size_train=(288,),

@@ -42,7 +42,7 @@ def test_tiny_model_learns_on_cpu():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     first = None
-    for it in range(120):
+    for it in range(200):
         losses = model.loss(images, targets)
         total = sum(losses.values())
         first = first if first is not None else total.item()
