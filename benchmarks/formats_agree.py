@@ -55,6 +55,7 @@ from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.export import export_coco, export_voc
 from fasterrcnn.data.shapes import SHAPES_CLASSES, ShapesDataset
 from fasterrcnn.data.voc import VOCDataset
+from fasterrcnn.engine.inference import flatten_metrics
 from fasterrcnn.evaluation.coco import STAT_NAMES
 
 SECTION = "## VOC copy vs COCO copy of the built-in data"
@@ -194,23 +195,10 @@ def rounding_flips(results: list[dict], gt_json: str, decimals: int = 2) -> list
     return flips
 
 
-def _numbers(result: Any, prefix: str = "") -> dict[str, Any]:
-    """Every value of a metrics dict by dotted key (the file/checkpoint names left out)."""
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if key in ("data", "checkpoint"):
-            continue
-        if isinstance(value, dict):
-            out.update(_numbers(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def max_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     """Largest absolute difference between two metrics dicts (inf when their keys or
     non-numeric values differ, or a number is missing on one side only)."""
-    na, nb = _numbers(a), _numbers(b)
+    na, nb = flatten_metrics(a), flatten_metrics(b)
     if na.keys() != nb.keys():
         return float("inf")
     worst = 0.0

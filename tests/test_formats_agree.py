@@ -27,7 +27,7 @@ from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.export import export_coco, export_voc
 from fasterrcnn.data.shapes import SHAPES_CLASSES, ShapesDataset
 from fasterrcnn.data.voc import VOCDataset
-from fasterrcnn.engine.inference import category_ids, detections_json, score
+from fasterrcnn.engine.inference import category_ids, detections_json, flatten_metrics, score
 from fasterrcnn.evaluation.coco import STAT_NAMES
 
 N_TRAIN, N_TEST, ITERS = 6, 4, 3
@@ -107,22 +107,9 @@ def test_same_weights_from_both_copies(runs: dict[str, Any]) -> None:
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
-def _flat(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Every number of a metrics dict, keyed by its dotted path (file/checkpoint names left out)."""
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if key in ("data", "checkpoint"):
-            continue
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("metric", METRICS)
 def test_metrics_agree_between_copies(runs: dict[str, Any], metric: str) -> None:
-    a, b = _flat(runs[f"voc:{metric}"]), _flat(runs[f"coco:{metric}"])
+    a, b = flatten_metrics(runs[f"voc:{metric}"]), flatten_metrics(runs[f"coco:{metric}"])
     assert a.keys() == b.keys()
     for key in a:
         if isinstance(a[key], float) and isinstance(b[key], float):
@@ -214,7 +201,7 @@ def test_scoring_agrees_on_informative_detections(runs: dict[str, Any]) -> None:
             "scores": (rng.integers(1, 1000, len(labels) + 1) / 1000).astype(np.float32),
         })
     for metric in METRICS:
-        a, b = _flat(score(dets, voc, metric)), _flat(score(dets, coco, metric))
+        a, b = flatten_metrics(score(dets, voc, metric)), flatten_metrics(score(dets, coco, metric))
         assert a.keys() == b.keys()
         for key in a:  # numbers, and the VOC metrics' precision-recall curves ("pr.<class>...")
             if isinstance(a[key], float) and isinstance(b[key], float):

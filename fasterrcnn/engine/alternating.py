@@ -61,7 +61,8 @@ from .checkpoint import (
     load_model,
     load_state_strict,
 )
-from .trainer import resolve_device, seed_everything, train
+from .runtime import resolve_device, seed_everything
+from .trainer import train
 
 ValFn = Callable[[nn.Module], Mapping[str, Any]]
 

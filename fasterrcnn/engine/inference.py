@@ -99,6 +99,20 @@ def detections_json(
     )
 
 
+def flatten_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every value of a (nested) metrics dict by dotted key, e.g. ``{"AP.ring": 0.9}``; the
+    ``data`` and ``checkpoint`` entries (names, not results) are left out."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in ("data", "checkpoint"):
+            continue
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
