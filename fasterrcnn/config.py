@@ -284,7 +284,9 @@ def _tiny_shapes() -> Config:
     centre, (i + 0.5) * 8, is 3.5 px off: a fifth of a 16 px object). Both losses weigh every gt
     box equally ("box" weighting), so that small boxes, with one or two positive anchors and few
     foreground RoIs, are not outvoted by big ones. Test-time proposals are the paper's (6000
-    before NMS, 300 after): ranking only the top 1000 anchors missed small objects.
+    before NMS, 300 after): ranking only the top 1000 anchors missed small objects. Test images
+    are scaled to a shorter side of 336 px (training: 288), chosen on ``shapes:val``: VOC07 mAP
+    0.906 at 288, 0.922 at 320, 0.925 at 336, 0.923 at 352, 0.921 at 384.
     """
     return Config(
         model=ModelConfig(
@@ -314,8 +316,8 @@ def _tiny_shapes() -> Config:
             input=InputConfig(
                 min_size_train=(288,),
                 max_size_train=480,
-                min_size_test=288,
-                max_size_test=480,
+                min_size_test=336,
+                max_size_test=560,
                 size_divisible=16,
             ),
         ),
