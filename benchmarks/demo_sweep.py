@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "centred-rpn05": {"model.rpn.positive_weighting": "box",
                       "model.roi_head.positive_weighting": "box", "model.anchors.offset": 0.0,
                       "model.roi_head.aligned": False, "model.rpn.fg_iou_thresh": 0.5},
+    "ms256-320": {"model.input.min_size_train": [256, 288, 320], "model.input.max_size_train": 544},
+    "train2000-now": {"@train_images": 2000},
     "box-both-vis75": {"model.rpn.positive_weighting": "box",
                        "model.roi_head.positive_weighting": "box", "@spec.min_visible": 0.75},
     "box-both-iters3500": {"model.rpn.positive_weighting": "box",
