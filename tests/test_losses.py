@@ -2,7 +2,9 @@ import math
 
 import torch
 
-from fasterrcnn.modeling.losses import box_balanced_weights, detection_losses, smooth_l1
+from fasterrcnn.modeling.losses import (
+    box_balanced_example_weights, box_balanced_weights, detection_losses, smooth_l1,
+)
 
 
 def test_smooth_l1_hand_values():
@@ -62,3 +64,10 @@ def test_weighted_detection_losses_hand_case():
                             class_weights=torch.ones(2), box_weights=torch.ones(1))
     plain = detection_losses(logits, labels, deltas, targets, beta=1.0)
     torch.testing.assert_close(ones, plain)
+
+
+def test_box_balanced_example_weights_positives_first():
+    w = box_balanced_example_weights(torch.tensor([0, 7, 0, 0]), 6)
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0, 2 / 3, 2 / 3, 1.0, 1.0]))
+    torch.testing.assert_close(box_balanced_example_weights(torch.zeros(0, dtype=torch.int64), 3),
+                               torch.ones(3))

@@ -36,6 +36,13 @@ def box_balanced_weights(matched_gt: Tensor) -> Tensor:
     return (matched_gt.numel() / counts.numel()) / counts[inverse].float()
 
 
+def box_balanced_example_weights(matched_gt: Tensor, num_examples: int) -> Tensor:
+    """[num_examples] weights of one image's sampled examples, positives first: the F =
+    ``len(matched_gt)`` positives get :func:`box_balanced_weights`, the negatives 1."""
+    w = box_balanced_weights(matched_gt)
+    return torch.cat([w, w.new_ones(num_examples - len(w))])
+
+
 def detection_losses(
     class_logits: Tensor,
     class_targets: Tensor,

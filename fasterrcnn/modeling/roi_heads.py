@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
 from .box_coding import BoxCoder
-from .losses import box_balanced_weights, detection_losses
+from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import detect
 from .proposals import add_gt_boxes
@@ -167,7 +167,7 @@ class RoIHeads(nn.Module):
         """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas).
 
         With ``positive_weighting="box"`` each image's foreground RoIs are weighted so that every
-        gt box counts the same (:func:`box_balanced_weights`); background RoIs weigh 1.
+        gt box counts the same (:func:`box_balanced_example_weights`); background RoIs weigh 1.
         """
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
@@ -185,14 +185,11 @@ class RoIHeads(nn.Module):
         targets = self.coder.encode(rois_t[fg], matched_t[fg])
         cls_w = box_w = None
         if self.positive_weighting == "box":
-            cls_w = torch.ones(len(labels_t), device=labels_t.device)
-            start = 0
+            parts = []
             for lab, m in zip(labels, matched):  # per image: foreground RoIs come first
-                nfg = int((lab > 0).sum())
-                if nfg:
-                    ids = torch.unique(m[:nfg], dim=0, return_inverse=True)[1]
-                    cls_w[start : start + nfg] = box_balanced_weights(ids)
-                start += len(lab)
+                ids = torch.unique(m[: int((lab > 0).sum())], dim=0, return_inverse=True)[1]
+                parts.append(box_balanced_example_weights(ids, len(lab)))
+            cls_w = torch.cat(parts)
             box_w = cls_w[fg]
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
                                     class_weights=cls_w, box_weights=box_w)

@@ -18,7 +18,7 @@ from torchvision.ops import box_iou
 
 from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder
-from .losses import box_balanced_weights, detection_losses
+from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, Matcher
 from .proposals import select_proposals
 from .sampling import Sampler
@@ -175,21 +175,16 @@ class RegionProposalNetwork(nn.Module):
             deltas.append(out.anchor_deltas[i, pos])
             targets.append(self.coder.encode(out.anchors[pos], gt[matched[pos]].to(out.anchors.dtype)))
             if balanced:
-                weights.append(box_balanced_weights(matched[pos]))
-        pos_weights = torch.cat(weights) if balanced else None
-        cls_weights = None
-        if pos_weights is not None:  # per image: positives first, then negatives of weight 1
-            parts: list[Tensor] = []
-            for lab, w in zip(labels, weights):
-                parts += [w, torch.ones(len(lab) - len(w), device=w.device)]
-            cls_weights = torch.cat(parts)
+                weights.append(box_balanced_example_weights(matched[pos], len(idx)))
+        labels_t = torch.cat(labels)
+        cls_weights = torch.cat(weights) if balanced else None
         cls, reg = detection_losses(
             torch.cat(logits),
-            torch.cat(labels),
+            labels_t,
             torch.cat(deltas),
             torch.cat(targets),
             beta=self.smooth_l1_beta,
             class_weights=cls_weights,
-            box_weights=pos_weights,
+            box_weights=cls_weights[labels_t == 1] if cls_weights is not None else None,
         )
         return {"rpn_cls": cls * self.loss_weight_cls, "rpn_reg": reg * self.loss_weight_reg}
