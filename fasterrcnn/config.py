@@ -91,6 +91,9 @@ class RoIHeadConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
     detections_per_img: int = 100
+    # box voting after NMS: each kept box becomes the score-weighted mean of the same-class
+    # candidates overlapping it at IoU >= vote_iou (0 = off, the paper)
+    vote_iou: float = 0.0
     loss_weight_cls: float = 1.0
     loss_weight_reg: float = 1.0
 
@@ -99,6 +102,8 @@ class RoIHeadConfig:
             raise ConfigError(
                 f"roi_head.positive_weighting must be 'roi' or 'box', got {self.positive_weighting!r}"
             )
+        if not 0.0 <= self.vote_iou <= 1.0:
+            raise ConfigError(f"roi_head.vote_iou must be in [0, 1] (0 = off), got {self.vote_iou}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,26 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class TestAugConfig:
+    """Test-time augmentation (off by default, as in the paper): every image is run at each
+    shorter side in ``min_sizes`` (the longer side capped in proportion to ``input.max_size_test``)
+    and, with ``hflip``, mirrored too; the candidates of all views are pooled before the detector's
+    NMS."""
+
+    min_sizes: tuple[int, ...] = ()  # empty: input.min_size_test only
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            sizes = tuple(int(s) for s in self.min_sizes)
+        except (TypeError, ValueError):
+            raise ConfigError(f"test_aug.min_sizes must be integers, got {list(self.min_sizes)}") from None
+        if any(s <= 0 for s in sizes):
+            raise ConfigError(f"test_aug.min_sizes must be positive, got {list(sizes)}")
+        object.__setattr__(self, "min_sizes", sizes)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 20  # object classes, background excluded
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -120,6 +145,7 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    test_aug: TestAugConfig = field(default_factory=TestAugConfig)
 
 
 @dataclass(frozen=True)
@@ -190,8 +216,16 @@ def _coerce(f: dataclasses.Field, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(default):
         return from_dict(type(default), value, path=path)
     if isinstance(default, tuple) or (isinstance(value, list) and default is None):
+        if isinstance(value, str):  # --set KEY=1,2,3
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
+        kind = type(default[0]) if isinstance(default, tuple) and default else None
+        if kind in (int, float):
+            try:
+                value = [kind(v) for v in value]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: expected a list of {kind.__name__}s, got {value!r}") from None
         return tuple(value)
     if isinstance(default, bool):
         if isinstance(value, str):

@@ -62,6 +62,27 @@ def test_eval_metrics(demo_dir, tmp_path, metric):
     assert (out / "detections.json").is_file()
 
 
+def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
+    import argparse
+
+    from fasterrcnn.cli.common import apply_test_time_options
+    from fasterrcnn.engine.checkpoint import load_model
+
+    out = tmp_path / "tta"
+    assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
+                 "--tta-sizes", "256,288", "--tta-flip", "--box-vote", "0.6", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["mAP"] <= 1.0
+    model, cfg, _ = load_model(demo_dir / "model_final.pt")
+    size = cfg.model.input
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes=None, tta_flip=True, box_vote=0.6))
+    assert [(v.min_size, v.hflip) for v in model.views] == [(size.min_size_test, False), (size.min_size_test, True)]
+    assert model.roi_heads.vote_iou == 0.6
+    assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
+                 "--tta-sizes", "256,big", "--out", str(out), "--no-progress"]) != 0
+    assert "--tta-sizes expects integers" in capsys.readouterr().err
+
+
 def test_eval_proposal_recall(demo_dir, tmp_path):
     out = tmp_path / "recall"
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:3",

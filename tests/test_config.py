@@ -14,6 +14,8 @@ def test_paper_defaults_for_the_new_options():
     assert cfg.model.rpn.positive_weighting == "anchor"
     assert cfg.model.roi_head.positive_weighting == "roi"
     assert cfg.model.anchors.offset == 0.5 and cfg.model.roi_head.aligned is True
+    assert cfg.model.roi_head.vote_iou == 0.0
+    assert cfg.model.test_aug.min_sizes == () and cfg.model.test_aug.hflip is False
 
 
 def test_override_from_command_line_strings():
@@ -23,6 +25,12 @@ def test_override_from_command_line_strings():
     ]))
     assert cfg.model.roi_head.aligned is True and cfg.model.anchors.offset == 0.5
     assert cfg.model.rpn.positive_weighting == "anchor" and cfg.train.lr == 0.01
+    cfg = override(preset("tiny-shapes"), parse_overrides([
+        "model.test_aug.min_sizes=288, 336,384", "model.input.min_size_train=256,288",
+        "model.anchors.sizes=16,22.6", "model.test_aug.hflip=yes",
+    ]))
+    assert cfg.model.test_aug.min_sizes == (288, 336, 384) and cfg.model.test_aug.hflip is True
+    assert cfg.model.input.min_size_train == (256, 288) and cfg.model.anchors.sizes == (16.0, 22.6)
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -30,6 +38,9 @@ def test_override_from_command_line_strings():
     ("model.roi_head.positive_weighting", "anchor", "roi_head.positive_weighting"),
     ("model.roi_head.aligned", "maybe", "expected a boolean"),
     ("model.rpn.no_such_key", "1", "unknown config key"),
+    ("model.roi_head.vote_iou", 1.5, "vote_iou must be in"),
+    ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),
+    ("model.test_aug.min_sizes", ["big"], "min_sizes must be integers"),
 ])
 def test_bad_values_raise_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import box_iou
 
 from fasterrcnn.config import override, preset
-from fasterrcnn.modeling.faster_rcnn import build_model
+from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, hflip_boxes, inference_views
 
 TINY = {
     "model.num_classes": 2,
@@ -96,3 +96,58 @@ def test_bad_targets_are_named():
     bad = [dict(targets[0], boxes=torch.tensor([[float("nan"), 10, 5, 20]])), targets[1]]
     with pytest.raises(ValueError, match="NaN"):
         model.loss(images, bad)
+
+
+def test_inference_views_and_hflip_boxes():
+    views = inference_views((288, 336), True, 336, 560)
+    assert [(v.min_size, v.max_size, v.hflip) for v in views] == [
+        (288, 480, False), (288, 480, True), (336, 560, False), (336, 560, True)
+    ]
+    assert [(v.min_size, v.max_size, v.hflip) for v in inference_views((), False, 600, 1000)] == [(600, 1000, False)]
+    boxes = torch.tensor([[10.0, 5, 30, 25]])
+    torch.testing.assert_close(hflip_boxes(boxes, 100), torch.tensor([[70.0, 5, 90, 25]]))
+    torch.testing.assert_close(hflip_boxes(hflip_boxes(boxes, 100), 100), boxes)
+
+
+def _det_close(a, b):
+    for k in ("boxes", "labels", "scores"):
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_test_time_views():
+    torch.manual_seed(0)
+    model = build_model(override(preset("tiny-shapes"), TINY).model)
+    img = torch.rand(3, 48, 64)
+    plain = model.predict([img])[0]
+    assert len(plain["boxes"]) > 0
+    # one explicit view at the test scale is the plain prediction
+    model.views = (InferenceView(96, 128),)
+    _det_close(model.predict([img])[0], plain)
+    # a mirrored view is the mirror image of the plain prediction of the mirrored image
+    model.views = (InferenceView(96, 128, hflip=True),)
+    flipped = model.predict([img])[0]
+    model.views = ()
+    mirror = model.predict([img.flip(-1)])[0]
+    _det_close(flipped, dict(mirror, boxes=hflip_boxes(mirror["boxes"], 64)))
+    # the same view twice: every candidate doubled, NMS removes the copies (with voting too)
+    model.views = (InferenceView(96, 128), InferenceView(96, 128))
+    _det_close(model.predict([img])[0], plain)
+    model.roi_heads.vote_iou = 0.7
+    _det_close(model.predict([img])[0], plain)
+    # given proposals bypass the views
+    props = [torch.tensor([[4.0, 4, 30, 30], [20, 10, 60, 40]])]
+    model.views, model.roi_heads.vote_iou = (), 0.0
+    fixed = model.predict([img], proposals=props)[0]
+    model.views = (InferenceView(96, 128, hflip=True), InferenceView(120, 160))
+    _det_close(model.predict([img], proposals=props)[0], fixed)
+
+
+def test_test_aug_config_builds_views():
+    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.min_sizes": ["80", 96],
+                                            "model.test_aug.hflip": "true", "model.roi_head.vote_iou": 0.6})
+    model = build_model(cfg.model)
+    assert [(v.min_size, v.max_size, v.hflip) for v in model.views] == [
+        (80, 107, False), (80, 107, True), (96, 128, False), (96, 128, True)
+    ]
+    assert model.roi_heads.vote_iou == 0.6
+    assert build_model(override(preset("tiny-shapes"), TINY).model).views == ()

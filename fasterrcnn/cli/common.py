@@ -122,7 +122,32 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
         model.roi_heads.score_thresh = float(args.score_thresh)
     if getattr(args, "max_detections", None):
         model.roi_heads.detections_per_img = int(args.max_detections)
+    apply_test_time_options(model, cfg, args)
     return model, cfg, tuple(classes)
+
+
+def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
+    """``--tta-sizes``, ``--tta-flip`` and ``--box-vote`` on a loaded model."""
+    from ..modeling.faster_rcnn import inference_views
+
+    sizes_text = getattr(args, "tta_sizes", None)
+    flip = bool(getattr(args, "tta_flip", False))
+    if sizes_text is not None or flip:
+        try:
+            sizes = tuple(int(s) for s in (sizes_text or "").split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"--tta-sizes expects integers like 288,336,384, got {sizes_text!r}") from None
+        if any(s <= 0 for s in sizes):
+            raise ConfigError(f"--tta-sizes must be positive, got {sizes_text!r}")
+        aug = cfg.model.test_aug
+        sizes = sizes or aug.min_sizes
+        i = cfg.model.input
+        model.views = inference_views(sizes, flip or aug.hflip, i.min_size_test, i.max_size_test)
+    vote = getattr(args, "box_vote", None)
+    if vote is not None:
+        if not 0.0 <= vote <= 1.0:
+            raise ConfigError(f"--box-vote must be an IoU in [0, 1] (0 = off), got {vote}")
+        model.roi_heads.vote_iou = float(vote)
 
 
 def print_metrics(result: dict[str, Any]) -> None:

@@ -25,6 +25,15 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None,
                    help="sliced inference: run overlapping TILE x TILE windows over large images")
     p.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring tiles (pixels)")
+    p.add_argument("--tta-sizes", default=None, metavar="N1,N2,...",
+                   help="test-time augmentation: run each image at these shorter sides (longer side "
+                        "capped in proportion) and pool the candidates before NMS (default: the "
+                        "checkpoint's model.test_aug, usually off)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="test-time augmentation: also run every scale on the mirrored image")
+    p.add_argument("--box-vote", type=float, default=None, metavar="IOU",
+                   help="box voting: each detection's box becomes the score-weighted mean of the "
+                        "same-class candidates overlapping it at IoU >= IOU (0 = off)")
     _add_runtime(p)
 
 

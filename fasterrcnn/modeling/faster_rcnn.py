@@ -8,6 +8,9 @@ Entry points (no hidden train/eval switch):
   * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
     pixels, ``labels`` [D] (1..K), ``scores`` [D]; runs in inference mode (BN/dropout in eval);
   * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
+Test-time augmentation (``test_views``, off by default): ``predict`` runs every view (a scale,
+mirrored or not), maps each view's per-class candidate boxes back to the image and pools them
+before the detector's NMS.
 ``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
 [G, 4] and ``labels`` [G].
 """
@@ -15,6 +18,7 @@ Entry points (no hidden train/eval switch):
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -31,6 +35,30 @@ from .sampling import Sampler
 from .transform import ImageBatch, InputTransform, scale_boxes
 
 STAGES = ("rpn", "roi")
+
+
+@dataclass(frozen=True)
+class InferenceView:
+    """One test-time view: the shorter side / longer-side cap to rescale to, and a mirror."""
+
+    min_size: int
+    max_size: int
+    hflip: bool = False
+
+
+def inference_views(min_sizes: Sequence[int], hflip: bool, min_size_test: int, max_size_test: int) -> tuple[InferenceView, ...]:
+    """The views of a TestAugConfig: each shorter side (default: ``min_size_test``), its longer
+    side capped in proportion (``max_size_test / min_size_test``), plain then mirrored."""
+    sizes = tuple(min_sizes) or (min_size_test,)
+    flips = (False, True) if hflip else (False,)
+    return tuple(
+        InferenceView(int(s), int(round(s * max_size_test / min_size_test)), f) for s in sizes for f in flips
+    )
+
+
+def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Boxes [..., 4] xyxy mirrored about the vertical axis of an image ``width`` pixels wide."""
+    return torch.stack((width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]), dim=-1)
 
 
 @contextmanager
@@ -54,6 +82,7 @@ class FasterRCNN(nn.Module):
         transform: InputTransform,
         *,
         num_classes: int,
+        views: Sequence[InferenceView] = (),
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -61,6 +90,7 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.transform = transform
         self.num_classes = num_classes
+        self.views = tuple(views)  # test-time augmentation; () = the test scale, not mirrored
 
     # ------------------------------------------------------------------ training
     def loss(
@@ -105,18 +135,33 @@ class FasterRCNN(nn.Module):
     def predict(
         self, images: Sequence[Tensor], *, proposals: Sequence[Tensor] | None = None
     ) -> list[dict[str, Tensor]]:
-        """Detections per image in original-image coordinates."""
+        """Detections per image in original-image coordinates.
+
+        Given ``proposals`` (original-image coordinates) replace the RPN's, and test-time views are
+        not used (one plain view at the test scale).
+        """
+        views: Sequence[InferenceView | None] = self.views if (self.views and proposals is None) else (None,)
+        scores: list[list[Tensor]] = [[] for _ in images]
+        boxes: list[list[Tensor]] = [[] for _ in images]
         with inference_mode(self):
-            batch = self.transform(images, training=False)
-            features = self.backbone(batch.tensor)
-            if proposals is None:
-                props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
-            else:
-                props = self._scaled_proposals(proposals, batch)
-            dets = self.roi_heads.predict(features, props, batch.image_sizes)
-            for d, size, orig in zip(dets, batch.image_sizes, batch.original_sizes):
-                d["boxes"] = scale_boxes(d["boxes"], size, orig)
-        return dets
+            for view in views:
+                flip = view is not None and view.hflip
+                inputs = [im.flip(-1) for im in images] if flip else images
+                size = None if view is None else (view.min_size, view.max_size)
+                batch = self.transform(inputs, training=False, size=size)
+                features = self.backbone(batch.tensor)
+                if proposals is None:
+                    props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
+                else:
+                    props = self._scaled_proposals(proposals, batch)
+                candidates = self.roi_heads.class_boxes(features, props, batch.image_sizes)
+                for i, ((s, b), size_in, orig) in enumerate(
+                    zip(candidates, batch.image_sizes, batch.original_sizes)
+                ):
+                    b = scale_boxes(b.reshape(-1, 4), size_in, orig).view(b.shape)
+                    boxes[i].append(hflip_boxes(b, orig[1]) if flip else b)
+                    scores[i].append(s)
+            return [self.roi_heads.select(torch.cat(s), torch.cat(b)) for s, b in zip(scores, boxes)]
 
     def propose(self, images: Sequence[Tensor], *, training_settings: bool = False) -> list[dict[str, Tensor]]:
         """RPN proposals per image (original-image coordinates), best first.
@@ -211,6 +256,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         loss_weight_cls=h.loss_weight_cls,
         loss_weight_reg=h.loss_weight_reg,
         positive_weighting=h.positive_weighting,
+        vote_iou=h.vote_iou,
     )
     i = cfg.input
     transform = InputTransform(
@@ -222,4 +268,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         pixel_std=i.pixel_std,
         size_divisible=i.size_divisible,
     )
-    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes)
+    aug = cfg.test_aug
+    views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test) if (
+        aug.min_sizes or aug.hflip) else ()
+    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views)

@@ -1,10 +1,13 @@
 """From Fast R-CNN outputs to final detections.
 
-Shapes: R RoIs over the batch, K object classes, D detections per image.
+Shapes: R RoIs of one image, K object classes, M candidate boxes, D detections per image.
 
-Per image: softmax over K+1 classes, decode each class's box from its own deltas, clip, drop
-background, scores below ``score_thresh`` and empty boxes, per-class NMS, keep the
-``detections_per_img`` best.
+Two steps, so that the candidates of several views of an image (test-time augmentation) can be
+pooled before the second:
+  * :func:`class_boxes`: softmax over K+1 classes, each class's box decoded from its own deltas
+    and clipped; background dropped -> scores [R, K], boxes [R, K, 4];
+  * :func:`select_detections`: drop scores below ``score_thresh`` and empty boxes, per-class NMS,
+    keep the ``detections_per_img`` best, optionally refine each kept box by box voting.
 """
 
 from __future__ import annotations
@@ -13,9 +16,74 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from .box_coding import BoxCoder
+
+
+def class_boxes(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    rois: Sequence[Tensor],
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    coder: BoxCoder,
+) -> list[tuple[Tensor, Tensor]]:
+    """Per image: (scores [R, K] (softmax, background column dropped), boxes [R, K, 4] clipped)."""
+    counts = [len(r) for r in rois]
+    probs = torch.softmax(class_logits.float(), dim=-1).split(counts)
+    deltas = box_deltas.float().split(counts)
+    out = []
+    for p, d, r, size in zip(probs, deltas, rois, image_sizes):
+        num_classes = p.shape[1]  # K + 1
+        boxes = coder.decode(d, r.float()).view(-1, num_classes, 4)
+        boxes = clip_boxes_to_image(boxes, tuple(size))
+        out.append((p[:, 1:], boxes[:, 1:]))
+    return out
+
+
+def box_voting(
+    kept_boxes: Tensor,
+    kept_labels: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    iou_thresh: float,
+) -> Tensor:
+    """[D, 4]: each kept box replaced by the score-weighted mean of the candidates of its class
+    that overlap it at IoU >= ``iou_thresh`` (box voting, Gidaris & Komodakis 2015; used by He et
+    al. 2016 on top of Faster R-CNN). A kept box is among the candidates, so none is left empty."""
+    if len(kept_boxes) == 0:
+        return kept_boxes
+    weights = (box_iou(kept_boxes, boxes) >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
+    weights = weights.to(scores.dtype) * scores[None, :]
+    return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+
+
+def select_detections(
+    scores: Tensor,
+    boxes: Tensor,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    vote_iou: float = 0.0,
+) -> dict[str, Tensor]:
+    """{"boxes" [D, 4], "labels" [D] 1..K, "scores" [D]}, best first, from scores [M, K] and
+    boxes [M, K, 4]. ``vote_iou`` > 0 turns on :func:`box_voting` over the candidates that passed
+    ``score_thresh``."""
+    num_classes = scores.shape[1]
+    labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
+    scores, boxes = scores.reshape(-1), boxes.reshape(-1, 4)
+    keep = (scores > score_thresh) & torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = remove_small_boxes(boxes, 1e-2)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+    kept = boxes[keep]
+    if vote_iou > 0:
+        kept = box_voting(kept, labels[keep], boxes, scores, labels, vote_iou)
+    return {"boxes": kept, "labels": labels[keep], "scores": scores[keep]}
 
 
 def detect(
@@ -28,22 +96,13 @@ def detect(
     score_thresh: float,
     nms_thresh: float,
     detections_per_img: int,
+    vote_iou: float = 0.0,
 ) -> list[dict[str, Tensor]]:
     """Detections per image: {"boxes" [D, 4], "labels" [D] 1..K, "scores" [D]}, best first."""
-    counts = [len(r) for r in rois]
-    probs = torch.softmax(class_logits.float(), dim=-1).split(counts)
-    deltas = box_deltas.float().split(counts)
-    results = []
-    for p, d, r, size in zip(probs, deltas, rois, image_sizes):
-        num_classes = p.shape[1]  # K + 1
-        boxes = coder.decode(d, r.float()).view(-1, num_classes, 4)
-        boxes = clip_boxes_to_image(boxes, tuple(size))[:, 1:].reshape(-1, 4)
-        scores = p[:, 1:].reshape(-1)
-        labels = torch.arange(1, num_classes, device=p.device).repeat(len(r))
-        keep = (scores > score_thresh) & torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(boxes, 1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-        results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
-    return results
+    return [
+        select_detections(
+            s, b, score_thresh=score_thresh, nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img, vote_iou=vote_iou,
+        )
+        for s, b in class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)
+    ]

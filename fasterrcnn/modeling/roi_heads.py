@@ -18,7 +18,7 @@ from torchvision.ops import box_iou, roi_align, roi_pool
 from .box_coding import BoxCoder
 from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, Matcher
-from .postprocess import detect
+from .postprocess import class_boxes, detect, select_detections
 from .proposals import add_gt_boxes
 from .sampling import Sampler
 
@@ -134,10 +134,13 @@ class RoIHeads(nn.Module):
         loss_weight_cls: float = 1.0,
         loss_weight_reg: float = 1.0,
         positive_weighting: str = "roi",
+        vote_iou: float = 0.0,
     ) -> None:
         super().__init__()
         if positive_weighting not in ("roi", "box"):
             raise ValueError(f"positive_weighting must be 'roi' or 'box', got {positive_weighting!r}")
+        if not 0.0 <= vote_iou <= 1.0:
+            raise ValueError(f"vote_iou must be in [0, 1] (0 = no box voting), got {vote_iou}")
         self.pooler = pooler
         self.box_head = box_head
         self.predictor = predictor
@@ -152,6 +155,7 @@ class RoIHeads(nn.Module):
         self.loss_weight_cls = loss_weight_cls
         self.loss_weight_reg = loss_weight_reg
         self.positive_weighting = positive_weighting
+        self.vote_iou = vote_iou
 
     def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
@@ -209,4 +213,20 @@ class RoIHeads(nn.Module):
             score_thresh=self.score_thresh,
             nms_thresh=self.nms_thresh,
             detections_per_img=self.detections_per_img,
+            vote_iou=self.vote_iou,
+        )
+
+    def class_boxes(
+        self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per image, before selection: scores [P, K] and per-class boxes [P, K, 4] (input pixels)."""
+        class_logits, box_deltas = self(features, proposals)
+        return class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
+
+    def select(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+        """Detections from pooled candidates (scores [M, K], boxes [M, K, 4]) with this head's
+        score threshold, NMS, cap and box voting."""
+        return select_detections(
+            scores, boxes, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img, vote_iou=self.vote_iou,
         )

@@ -66,13 +66,21 @@ class InputTransform(nn.Module):
         self.register_buffer("mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
-    def __call__(self, images: Sequence[Tensor], *, training: bool) -> ImageBatch:
-        return super().__call__(images, training=training)
+    def __call__(
+        self, images: Sequence[Tensor], *, training: bool, size: tuple[int, int] | None = None
+    ) -> ImageBatch:
+        return super().__call__(images, training=training, size=size)
 
-    def forward(self, images: Sequence[Tensor], *, training: bool) -> ImageBatch:
+    def forward(
+        self, images: Sequence[Tensor], *, training: bool, size: tuple[int, int] | None = None
+    ) -> ImageBatch:
+        """``size`` (shorter side, longer-side cap) replaces the configured scale (test-time
+        augmentation runs several)."""
         if len(images) == 0:
             raise ValueError("no images given")
-        if training:
+        if size is not None:
+            min_size, max_size = int(size[0]), int(size[1])
+        elif training:
             pick = int(torch.randint(len(self.min_size_train), (1,)).item())
             min_size, max_size = self.min_size_train[pick], self.max_size_train
         else:
