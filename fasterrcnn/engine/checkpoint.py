@@ -326,3 +326,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     )
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
+
+
+def resolve_resume(resume: str | os.PathLike | None, last: Path) -> Path | None:
+    """The checkpoint to resume from: ``None`` (start afresh), ``"auto"`` (``last`` if it exists)
+    or a path."""
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return last if last.is_file() else None
+    return Path(resume)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -221,3 +222,21 @@ class TrainLogger:
         for f in (self._jsonl, self._text):
             if not f.closed:
                 f.close()
+
+
+def truncate_log(path: Path, iteration: int) -> None:
+    """Drop ``log.jsonl`` records written after ``iteration`` by a run that was then killed,
+    so that a resumed run's log reads as one continuous run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("iteration", 0)) > iteration:
+                continue
+        except (ValueError, AttributeError, TypeError):
+            continue  # a line cut short by the kill
+        kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -67,11 +67,12 @@ from .checkpoint import (
     load_checkpoint,
     load_state_strict,
     remove_stale_temp_files,
+    resolve_resume,
     restore_rng_state,
     save_checkpoint,
 )
 from .guard import NonFiniteGuard, TrainingDiverged, check_finite_weights  # noqa: F401 (re-export)
-from .logger import TrainLogger
+from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
 from .runtime import _Determinism, enable_determinism, resolve_device, seed_everything  # noqa: F401
 from .step import (
@@ -112,32 +113,6 @@ def _validate(cfg: Config, classes: Sequence[str]) -> None:
         raise ConfigError(
             f"{len(classes)} class names given but model.num_classes={cfg.model.num_classes}"
         )
-
-
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop ``log.jsonl`` records written after ``iteration`` by a run that was then killed,
-    so that a resumed run's log reads as one continuous run."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line).get("iteration", 0)) > iteration:
-                continue
-        except (ValueError, AttributeError, TypeError):
-            continue  # a line cut short by the kill
-        kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _resolve_resume(resume: str | os.PathLike | None, last: Path) -> Path | None:
-    if resume is None:
-        return None
-    if str(resume) == "auto":
-        return last if last.is_file() else None
-    return Path(resume)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -223,7 +198,7 @@ def _train(
         remove_stale_temp_files(out_dir)
 
     # ---- checkpoint to resume from (every rank reads it: shared file system)
-    resume_path = _resolve_resume(resume, last_path)
+    resume_path = resolve_resume(resume, last_path)
     ckpt: dict[str, Any] | None = None
     tolerated: list[str] = []
     if resume_path is not None:
@@ -298,7 +273,7 @@ def _train(
         seed_everything(derive_seed(tcfg.seed, dinfo.rank, 0x7EA1))
 
     if main and ckpt is not None:
-        _truncate_log(out_dir / "log.jsonl", start_iter)
+        truncate_log(out_dir / "log.jsonl", start_iter)
     logger = TrainLogger(
         out_dir, max_iter=tcfg.max_iter, start_iter=start_iter, log_period=tcfg.log_period,
         images_per_iter=global_batch, enabled=main, progress=progress,
