@@ -320,7 +320,10 @@ def _tiny_shapes() -> Config:
     foreground RoIs, are not outvoted by big ones. Test-time proposals are the paper's (6000
     before NMS, 300 after): ranking only the top 1000 anchors missed small objects. Test images
     are scaled to a shorter side of 336 px (training: 288), chosen on ``shapes:val``: VOC07 mAP
-    0.906 at 288, 0.922 at 320, 0.925 at 336, 0.923 at 352, 0.921 at 384.
+    0.906 at 288, 0.922 at 320, 0.925 at 336, 0.923 at 352, 0.921 at 384. Detection pools three
+    scales (288, 336, 384), each plain and mirrored, and votes boxes at IoU 0.5 (test-time
+    augmentation, also chosen on ``shapes:val``: missed objects 10 -> 2 of 877, VOC07 0.925 ->
+    0.948; six forward passes per image).
     """
     return Config(
         model=ModelConfig(
@@ -346,6 +349,7 @@ def _tiny_shapes() -> Config:
                 positive_fraction=0.35,
                 nms_thresh=0.4,
                 positive_weighting="box",
+                vote_iou=0.5,
             ),
             input=InputConfig(
                 min_size_train=(288,),
@@ -354,6 +358,7 @@ def _tiny_shapes() -> Config:
                 max_size_test=560,
                 size_divisible=16,
             ),
+            test_aug=TestAugConfig(min_sizes=(288, 336, 384), hflip=True),
         ),
         train=TrainConfig(
             images_per_batch=4,

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -78,6 +77,10 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
     apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes=None, tta_flip=True, box_vote=0.6))
     assert [(v.min_size, v.hflip) for v in model.views] == [(size.min_size_test, False), (size.min_size_test, True)]
     assert model.roi_heads.vote_iou == 0.6
+    apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_sizes=None, tta_flip=False))
+    assert model.views == () and model.roi_heads.vote_iou == 0.0
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300", tta_flip=False, box_vote=None))
+    assert [(v.min_size, v.hflip) for v in model.views] == [(300, False)]
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
                  "--tta-sizes", "256,big", "--out", str(out), "--no-progress"]) != 0
     assert "--tta-sizes expects integers" in capsys.readouterr().err

@@ -19,6 +19,10 @@ TINY = {
     # fewer test proposals than training ones (the preset keeps the paper's 6000 / 300 at test)
     "model.rpn.pre_nms_top_n_test": 1000,
     "model.rpn.post_nms_top_n_test": 150,
+    # one plain view at test time (the preset pools three scales and mirrors)
+    "model.test_aug.min_sizes": [],
+    "model.test_aug.hflip": False,
+    "model.roi_head.vote_iou": 0.0,
 }
 
 

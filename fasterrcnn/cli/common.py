@@ -127,11 +127,16 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
 
 
 def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
-    """``--tta-sizes``, ``--tta-flip`` and ``--box-vote`` on a loaded model."""
+    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` and ``--box-vote`` on a loaded model."""
     from ..modeling.faster_rcnn import inference_views
 
     sizes_text = getattr(args, "tta_sizes", None)
     flip = bool(getattr(args, "tta_flip", False))
+    if getattr(args, "no_tta", False):
+        if sizes_text is not None or flip:
+            raise ConfigError("--no-tta cannot be combined with --tta-sizes or --tta-flip")
+        model.views = ()
+        model.roi_heads.vote_iou = 0.0
     if sizes_text is not None or flip:
         try:
             sizes = tuple(int(s) for s in (sizes_text or "").split(",") if s.strip())
@@ -139,10 +144,8 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
             raise ConfigError(f"--tta-sizes expects integers like 288,336,384, got {sizes_text!r}") from None
         if any(s <= 0 for s in sizes):
             raise ConfigError(f"--tta-sizes must be positive, got {sizes_text!r}")
-        aug = cfg.model.test_aug
-        sizes = sizes or aug.min_sizes
-        i = cfg.model.input
-        model.views = inference_views(sizes, flip or aug.hflip, i.min_size_test, i.max_size_test)
+        i = cfg.model.input  # the flags replace the config's views: sizes default to the test scale
+        model.views = inference_views(sizes, flip, i.min_size_test, i.max_size_test)
     vote = getattr(args, "box_vote", None)
     if vote is not None:
         if not 0.0 <= vote <= 1.0:

@@ -27,10 +27,14 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring tiles (pixels)")
     p.add_argument("--tta-sizes", default=None, metavar="N1,N2,...",
                    help="test-time augmentation: run each image at these shorter sides (longer side "
-                        "capped in proportion) and pool the candidates before NMS (default: the "
-                        "checkpoint's model.test_aug, usually off)")
+                        "capped in proportion) and pool the candidates before NMS. With --tta-flip "
+                        "these two flags replace the checkpoint's model.test_aug views")
     p.add_argument("--tta-flip", action="store_true",
-                   help="test-time augmentation: also run every scale on the mirrored image")
+                   help="test-time augmentation: also run every scale (default: the test scale) on "
+                        "the mirrored image")
+    p.add_argument("--no-tta", action="store_true",
+                   help="one plain view at the test scale and no box voting, whatever the "
+                        "checkpoint's config says (the paper's test procedure)")
     p.add_argument("--box-vote", type=float, default=None, metavar="IOU",
                    help="box voting: each detection's box becomes the score-weighted mean of the "
                         "same-class candidates overlapping it at IoU >= IOU (0 = off)")
