@@ -30,6 +30,7 @@ class BackboneConfig:
     frozen_stages: int = 2  # VGG: conv1-conv2 frozen as in the paper; ZF: conv1 (see backbones)
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
+    extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,17 @@ def test_zf_and_tiny_shapes():
     assert tiny16(torch.zeros(1, 3, 64, 96)).shape == (1, 64, 4, 6)
 
 
+def test_tiny_extra_convs_keep_the_stride_and_the_default_layout():
+    plain = build_backbone(BackboneConfig(name="tiny", stride=8, width=16))
+    deeper = build_backbone(BackboneConfig(name="tiny", stride=8, width=16, extra_convs=2))
+    assert deeper(torch.zeros(1, 3, 64, 96)).shape == (1, 32, 8, 12)
+    assert len(deeper.features) == len(plain.features) + 2
+    # the default (0) keeps the layout of older checkpoints: the same state-dict keys
+    assert set(plain.state_dict()) < set(deeper.state_dict())
+    with pytest.raises(ValueError, match="extra_convs"):
+        build_backbone(BackboneConfig(name="tiny", stride=4, width=16, extra_convs=1))
+
+
 def test_tiny_stride4_merges_the_coarse_map_into_the_fine_one():
     torch.manual_seed(0)
     tiny4 = build_backbone(BackboneConfig(name="tiny", stride=4, width=16)).eval()

@@ -29,10 +29,14 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequ
 
 
 class Tiny(Backbone):
-    def __init__(self, width: int = 48, stride: int = 8, weights: str | Path | None = None) -> None:
+    def __init__(
+        self, width: int = 48, stride: int = 8, weights: str | Path | None = None, *, extra_convs: int = 0
+    ) -> None:
         super().__init__()
         if stride not in STRIDES:
             raise ValueError(f"the tiny backbone has stride 4, 8 or 16, got {stride}")
+        if extra_convs < 0 or (extra_convs and stride == 4):
+            raise ValueError(f"extra_convs must be >= 0 (and 0 at stride 4), got {extra_convs}")
         w = int(width)
         fine = [_conv_bn(3, w // 2, 2), _conv_bn(w // 2, w, 2), _conv_bn(w, w)]  # /4
         coarse = [_conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w, dilation=2)]
@@ -40,6 +44,7 @@ class Tiny(Backbone):
         if stride == 16:
             coarse += [_conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w, dilation=2)]
             out = 4 * w
+        coarse += [_conv_bn(out, out) for _ in range(int(extra_convs))]
         if stride == 4:
             self.fine = nn.Sequential(*fine)
             self.coarse = nn.Sequential(*coarse)
