@@ -3,7 +3,8 @@ import torch
 from torchvision.ops import box_iou
 
 from fasterrcnn.config import override, preset
-from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, hflip_boxes, inference_views
+from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, inference_views
+from fasterrcnn.modeling.transform import hflip_boxes
 
 TINY = {
     "model.num_classes": 2,

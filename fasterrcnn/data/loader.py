@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
+from ..modeling.transform import hflip_boxes
 from .dataset import DetectionDataset
 
 LANDSCAPE, PORTRAIT = 0, 1
@@ -163,13 +164,7 @@ class GroupedBatchSampler(Sampler[list[SampleKey]]):
 
 def flip_target(target: dict[str, Any], width: int) -> dict[str, Any]:
     """Horizontally mirror the boxes of a target: ``x1' = W - x2``, ``x2' = W - x1``."""
-    out = dict(target)
-    boxes = target["boxes"]
-    flipped = boxes.clone()
-    flipped[:, 0] = width - boxes[:, 2]
-    flipped[:, 2] = width - boxes[:, 0]
-    out["boxes"] = flipped
-    return out
+    return dict(target, boxes=hflip_boxes(target["boxes"], width))
 
 
 def prepare_target(target: dict[str, Any], include_difficult: bool) -> dict[str, Any]:

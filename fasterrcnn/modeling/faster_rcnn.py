@@ -8,7 +8,7 @@ Entry points (no hidden train/eval switch):
   * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
     pixels, ``labels`` [D] (1..K), ``scores`` [D]; runs in inference mode (BN/dropout in eval);
   * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
-Test-time augmentation (``test_views``, off by default): ``predict`` runs every view (a scale,
+Test-time augmentation (``model.views``, off by default): ``predict`` runs every view (a scale,
 mirrored or not), maps each view's per-class candidate boxes back to the image and pools them
 before the detector's NMS.
 ``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
@@ -32,7 +32,7 @@ from .matching import Matcher
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import Sampler
-from .transform import ImageBatch, InputTransform, scale_boxes
+from .transform import ImageBatch, InputTransform, hflip_boxes, scale_boxes
 
 STAGES = ("rpn", "roi")
 
@@ -54,11 +54,6 @@ def inference_views(min_sizes: Sequence[int], hflip: bool, min_size_test: int, m
     return tuple(
         InferenceView(int(s), int(round(s * max_size_test / min_size_test)), f) for s in sizes for f in flips
     )
-
-
-def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
-    """Boxes [..., 4] xyxy mirrored about the vertical axis of an image ``width`` pixels wide."""
-    return torch.stack((width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]), dim=-1)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from torchvision.ops import box_iou, roi_align, roi_pool
 from .box_coding import BoxCoder
 from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, Matcher
-from .postprocess import class_boxes, detect, select_detections
+from .postprocess import class_boxes, select_detections
 from .proposals import add_gt_boxes
 from .sampling import Sampler
 
@@ -203,18 +203,7 @@ class RoIHeads(nn.Module):
         self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Detections per image in input-image coordinates: boxes, labels (1..K), scores."""
-        class_logits, box_deltas = self(features, proposals)
-        return detect(
-            class_logits,
-            box_deltas,
-            proposals,
-            image_sizes,
-            coder=self.coder,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-            vote_iou=self.vote_iou,
-        )
+        return [self.select(s, b) for s, b in self.class_boxes(features, proposals, image_sizes)]
 
     def class_boxes(
         self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]

@@ -38,6 +38,12 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
 
+def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Boxes [..., 4] xyxy mirrored about the vertical axis of an image ``width`` pixels wide:
+    ``x1' = W - x2``, ``x2' = W - x1``."""
+    return torch.stack((width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]), dim=-1)
+
+
 @dataclass
 class ImageBatch:
     tensor: Tensor  # [N, 3, Hp, Wp], normalised, zero-padded
