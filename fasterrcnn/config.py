@@ -31,6 +31,7 @@ class BackboneConfig:
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
     extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
+    fine_channels: int = 0  # "tiny": channels of a /4 shortcut concatenated to the output; 0 = none
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,15 @@ class RoIHeadConfig:
     vote_iou: float = 0.0
     loss_weight_cls: float = 1.0
     loss_weight_reg: float = 1.0
+    # online hard example mining (Shrivastava et al. 2016): train on the batch_size_per_image
+    # highest-loss RoIs (after NMS at hard_mining_nms) instead of a random sample; no
+    # positive_fraction then. Off in the paper's presets.
+    hard_mining: bool = False
+    hard_mining_nms: float = 0.7
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.hard_mining_nms <= 1.0:
+            raise ConfigError(f"roi_head.hard_mining_nms must be in (0, 1], got {self.hard_mining_nms}")
         if self.positive_weighting not in ("roi", "box"):
             raise ConfigError(
                 f"roi_head.positive_weighting must be 'roi' or 'box', got {self.positive_weighting!r}"

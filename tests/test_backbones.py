@@ -48,6 +48,24 @@ def test_tiny_extra_convs_keep_the_stride_and_the_default_layout():
         build_backbone(BackboneConfig(name="tiny", stride=4, width=16, extra_convs=1))
 
 
+def test_tiny_fine_shortcut_concatenates_local_detail_at_the_output_stride():
+    torch.manual_seed(0)
+    plain = build_backbone(BackboneConfig(name="tiny", stride=8, width=16))
+    fine = build_backbone(BackboneConfig(name="tiny", stride=8, width=16, fine_channels=8)).eval()
+    x = torch.rand(1, 3, 64, 96)
+    out = fine(x)
+    assert out.shape == (1, 40, 8, 12) and fine.out_channels == 40 and fine.stride == 8
+    # the first 32 channels are the plain chain's output, the last 8 the shortcut's
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, :32], fine.features(x))
+        torch.testing.assert_close(out[:, 32:], fine.shortcut(fine.features[:3](x)))
+    assert set(plain.state_dict()) < set(fine.state_dict())  # old keys kept
+    fine16 = build_backbone(BackboneConfig(name="tiny", stride=16, width=16, fine_channels=8))
+    assert fine16(x).shape == (1, 72, 4, 6)
+    with pytest.raises(ValueError, match="fine_channels"):
+        build_backbone(BackboneConfig(name="tiny", stride=4, width=16, fine_channels=8))
+
+
 def test_tiny_stride4_merges_the_coarse_map_into_the_fine_one():
     torch.manual_seed(0)
     tiny4 = build_backbone(BackboneConfig(name="tiny", stride=4, width=16)).eval()

@@ -14,7 +14,8 @@ def test_paper_defaults_for_the_new_options():
     assert cfg.model.rpn.positive_weighting == "anchor"
     assert cfg.model.roi_head.positive_weighting == "roi"
     assert cfg.model.anchors.offset == 0.5 and cfg.model.roi_head.aligned is True
-    assert cfg.model.roi_head.vote_iou == 0.0
+    assert cfg.model.roi_head.vote_iou == 0.0 and cfg.model.roi_head.hard_mining is False
+    assert cfg.model.backbone.fine_channels == 0
     assert cfg.model.test_aug.min_sizes == () and cfg.model.test_aug.hflip is False
 
 
@@ -39,6 +40,7 @@ def test_override_from_command_line_strings():
     ("model.roi_head.aligned", "maybe", "expected a boolean"),
     ("model.rpn.no_such_key", "1", "unknown config key"),
     ("model.roi_head.vote_iou", 1.5, "vote_iou must be in"),
+    ("model.roi_head.hard_mining_nms", 0.0, "hard_mining_nms must be in"),
     ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),
     ("model.test_aug.min_sizes", ["big"], "min_sizes must be integers"),
 ])

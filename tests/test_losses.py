@@ -3,7 +3,7 @@ import math
 import torch
 
 from fasterrcnn.modeling.losses import (
-    box_balanced_example_weights, box_balanced_weights, detection_losses, smooth_l1,
+    box_balanced_example_weights, box_balanced_weights, detection_losses, example_losses, smooth_l1,
 )
 
 
@@ -71,3 +71,13 @@ def test_box_balanced_example_weights_positives_first():
     torch.testing.assert_close(w, torch.tensor([2 / 3, 2.0, 2 / 3, 2 / 3, 1.0, 1.0]))
     torch.testing.assert_close(box_balanced_example_weights(torch.zeros(0, dtype=torch.int64), 3),
                                torch.ones(3))
+
+
+def test_example_losses_hand_case():
+    logits = torch.zeros(3, 3)  # uniform: log loss ln 3 each
+    targets = torch.tensor([2, 0, 1])
+    deltas = torch.tensor([[0.5, 0.0, 0.0, 2.0], [9.0, 9.0, 9.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    box_targets = torch.zeros(3, 4)
+    out = example_losses(logits, targets, deltas, box_targets, beta=1.0)
+    # row 0: 0.5 * 0.5^2 + (2 - 0.5) = 1.625; row 1 is background: no box term; row 2: 0
+    torch.testing.assert_close(out, torch.tensor([math.log(3) + 1.625, math.log(3), math.log(3)]))

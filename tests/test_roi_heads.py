@@ -5,13 +5,15 @@ import torch
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.matching import Matcher
 from fasterrcnn.modeling.postprocess import detect
-from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler, sample_rois
-from fasterrcnn.modeling.sampling import Sampler
+from fasterrcnn.modeling.roi_heads import (
+    BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois, sample_rois,
+)
+from fasterrcnn.modeling.sampling import HardExampleMiner, Sampler
 
 ROI_MATCHER = Matcher(0.5, 0.5, 0.0)
 
 
-def _heads(k=3, c=4, pooler="roi_pool"):
+def _heads(k=3, c=4, pooler="roi_pool", miner=None):
     return RoIHeads(
         RoIPooler(pooler, 7, 16),
         BoxHead(c * 49, 32),
@@ -19,6 +21,7 @@ def _heads(k=3, c=4, pooler="roi_pool"):
         matcher=ROI_MATCHER,
         sampler=Sampler(16, 0.25),
         coder=BoxCoder((10, 10, 5, 5)),
+        miner=miner,
     )
 
 
@@ -121,3 +124,44 @@ def test_box_weighting_in_roi_loss():
     torch.manual_seed(2)
     b = box.loss(feats, props, *one)
     torch.testing.assert_close(a, b)
+
+
+def test_label_rois_keeps_every_labelled_proposal_foreground_first():
+    props = torch.tensor([[50.0, 50, 60, 60], [0, 0, 10, 10], [0, 0, 20, 20], [0, 0, 10, 9]])
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    rois, labels, matched = label_rois(props, gt, torch.tensor([2]), matcher=Matcher(0.5, 0.5, 0.1))
+    # IoU with gt: 0, 1, 0.25, 0.9 -> fg 1, 3; bg 2 (0.25 in [0.1, 0.5)); 0 ignored (< 0.1)
+    assert labels.tolist() == [2, 2, 0]
+    torch.testing.assert_close(rois, props[[1, 3, 2]])
+    torch.testing.assert_close(matched[:2], gt.expand(2, 4))
+
+
+def test_hard_mining_trains_on_the_highest_loss_rois():
+    torch.manual_seed(0)
+    heads = _heads(k=2, c=4, pooler="roi_align", miner=HardExampleMiner(3, 0.7))
+    feats = torch.randn(1, 4, 8, 8)
+    gts, labels = [torch.tensor([[0.0, 0, 40, 40]])], [torch.tensor([1])]
+    props = [torch.tensor([[0.0, 0, 40, 40], [60, 60, 120, 120], [0, 60, 50, 120], [70, 0, 120, 50],
+                           [1, 1, 40, 40]])]
+    with_gt = [torch.cat([gts[0], props[0]])]
+    assert len(label_rois(with_gt[0], gts[0], labels[0], matcher=ROI_MATCHER)[0]) == 6
+
+    def mine(bias):  # a classifier that ignores the features: its bias sets every RoI's loss
+        with torch.no_grad():
+            heads.predictor.cls_score.weight.zero_()
+            heads.predictor.cls_score.bias.copy_(torch.tensor(bias))
+        return heads.mine_rois(feats, with_gt, gts, labels)[0]
+
+    # it says background: the three foreground RoIs (the gt box, its copy and a near-copy) are
+    # the hard ones; NMS keeps one of them, two (equally easy) backgrounds fill the batch
+    rois, labs, matched = mine([4.0, 0.0, 0.0])
+    assert labs.tolist() == [1, 0, 0]
+    torch.testing.assert_close(matched[0], gts[0][0])
+    # it says class 1: the three background RoIs (no two overlap) are the hard ones
+    rois, labs, _ = mine([-4.0, 4.0, 0.0])
+    assert labs.tolist() == [0, 0, 0]
+    assert sorted(map(tuple, rois.tolist())) == sorted(map(tuple, props[0][1:4].tolist()))
+    losses = heads.loss(feats, props, gts, labels)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert heads.predictor.cls_score.weight.grad is not None

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fasterrcnn.modeling.sampling import Sampler, subsample
+from fasterrcnn.modeling.sampling import HardExampleMiner, Sampler, hard_examples, subsample
 
 
 def _masks(n_pos, n_neg, n_ign=0):
@@ -55,3 +55,16 @@ def test_seeded_generator_is_deterministic():
     a = subsample(pos, neg, 64, 0.5, torch.Generator().manual_seed(3))
     b = subsample(pos, neg, 64, 0.5, torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_hard_examples_highest_loss_first_after_nms():
+    boxes = torch.tensor(
+        [[0.0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60], [100, 100, 110, 110], [0, 0, 30, 30]]
+    )
+    losses = torch.tensor([3.0, 2.5, 1.0, 0.5, 2.0])
+    # box 1 overlaps the harder box 0 at IoU 0.9: skipped; box 4 (IoU 0.11 with box 0) kept
+    assert hard_examples(losses, boxes, 3, 0.7).tolist() == [0, 4, 2]
+    assert hard_examples(losses, boxes, 10, 0.7).tolist() == [0, 4, 2, 3]
+    assert hard_examples(losses, boxes, 2, 1.0).tolist() == [0, 1]  # no NMS
+    assert HardExampleMiner(2, 0.7)(losses, boxes).tolist() == [0, 4]
+    assert hard_examples(torch.zeros(0), torch.zeros(0, 4), 4, 0.7).numel() == 0

@@ -31,7 +31,7 @@ from .box_coding import BoxCoder
 from .matching import Matcher
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
-from .sampling import Sampler
+from .sampling import HardExampleMiner, Sampler
 from .transform import ImageBatch, InputTransform, hflip_boxes, scale_boxes
 
 STAGES = ("rpn", "roi")
@@ -252,6 +252,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         loss_weight_reg=h.loss_weight_reg,
         positive_weighting=h.positive_weighting,
         vote_iou=h.vote_iou,
+        miner=HardExampleMiner(h.batch_size_per_image, h.hard_mining_nms) if h.hard_mining else None,
     )
     i = cfg.input
     transform = InputTransform(

@@ -73,3 +73,14 @@ def detection_losses(
     if box_weights is not None:
         per_box = per_box * box_weights.float()
     return cls, per_box.sum() / num
+
+
+def example_losses(
+    class_logits: Tensor, class_targets: Tensor, box_deltas: Tensor, box_targets: Tensor, *, beta: float
+) -> Tensor:
+    """[S] loss of each example: log loss plus, for foreground ones (target > 0), the smooth L1 of
+    its box (``box_deltas`` / ``box_targets`` [S, 4]; background rows are ignored). What online
+    hard example mining ranks by."""
+    ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
+    reg = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
+    return ce + torch.where(class_targets > 0, reg, torch.zeros_like(reg))

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
 from .box_coding import BoxCoder
-from .losses import box_balanced_example_weights, detection_losses
+from .losses import box_balanced_example_weights, detection_losses, example_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import class_boxes, select_detections
 from .proposals import add_gt_boxes
-from .sampling import Sampler
+from .sampling import HardExampleMiner, Sampler
 from .sparse_roi_align import sparse_roi_align
 
 
@@ -107,6 +107,29 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def _match_rois(proposals: Tensor, gt_boxes: Tensor, matcher: Matcher) -> Tensor:
+    """[P] gt index of each proposal, or BACKGROUND / IGNORE (see :mod:`.matching`)."""
+    if len(gt_boxes):
+        iou = box_iou(gt_boxes.to(proposals.dtype), proposals)
+    else:
+        iou = proposals.new_zeros((0, len(proposals)))
+    return matcher(iou)
+
+
+def _take_rois(
+    proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, matched: Tensor, pos: Tensor, neg: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(rois, labels, matched gt boxes) of the proposals ``pos`` (foreground) then ``neg``."""
+    idx = torch.cat((pos, neg))
+    rois = proposals[idx]
+    labels = torch.zeros(len(idx), dtype=torch.int64, device=proposals.device)
+    matched_boxes = rois.clone()
+    if len(pos):
+        labels[: len(pos)] = gt_labels[matched[pos]]
+        matched_boxes[: len(pos)] = gt_boxes[matched[pos]].to(rois.dtype)
+    return rois, labels, matched_boxes
+
+
 def sample_rois(
     proposals: Tensor,
     gt_boxes: Tensor,
@@ -117,23 +140,23 @@ def sample_rois(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training RoIs of one image: (rois [S, 4], labels [S] 0..K, matched gt boxes [S, 4]).
 
-    Foreground RoIs take their gt box's class; background RoIs label 0 (their gt box is
-    irrelevant and set to the RoI itself so that no NaN can arise downstream).
+    Foreground RoIs come first and take their gt box's class; background RoIs label 0 (their gt
+    box is irrelevant and set to the RoI itself so that no NaN can arise downstream).
     """
-    if len(gt_boxes):
-        iou = box_iou(gt_boxes.to(proposals.dtype), proposals)
-    else:
-        iou = proposals.new_zeros((0, len(proposals)))
-    matched = matcher(iou)
+    matched = _match_rois(proposals, gt_boxes, matcher)
     pos, neg = sampler(matched >= 0, matched == BACKGROUND)
-    idx = torch.cat((pos, neg))
-    rois = proposals[idx]
-    labels = torch.zeros(len(idx), dtype=torch.int64, device=proposals.device)
-    matched_boxes = rois.clone()
-    if len(pos):
-        labels[: len(pos)] = gt_labels[matched[pos]]
-        matched_boxes[: len(pos)] = gt_boxes[matched[pos]].to(rois.dtype)
-    return rois, labels, matched_boxes
+    return _take_rois(proposals, gt_boxes, gt_labels, matched, pos, neg)
+
+
+def label_rois(
+    proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, matcher: Matcher
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like :func:`sample_rois` but every foreground and background proposal (ignored ones are
+    dropped): the candidates of hard example mining."""
+    matched = _match_rois(proposals, gt_boxes, matcher)
+    pos = (matched >= 0).nonzero(as_tuple=True)[0]
+    neg = (matched == BACKGROUND).nonzero(as_tuple=True)[0]
+    return _take_rois(proposals, gt_boxes, gt_labels, matched, pos, neg)
 
 
 class RoIHeads(nn.Module):
@@ -155,6 +178,7 @@ class RoIHeads(nn.Module):
         loss_weight_reg: float = 1.0,
         positive_weighting: str = "roi",
         vote_iou: float = 0.0,
+        miner: HardExampleMiner | None = None,
     ) -> None:
         super().__init__()
         if positive_weighting not in ("roi", "box"):
@@ -176,6 +200,7 @@ class RoIHeads(nn.Module):
         self.loss_weight_reg = loss_weight_reg
         self.positive_weighting = positive_weighting
         self.vote_iou = vote_iou
+        self.miner = miner
 
     def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
@@ -192,15 +217,22 @@ class RoIHeads(nn.Module):
 
         With ``positive_weighting="box"`` each image's foreground RoIs are weighted so that every
         gt box counts the same (:func:`box_balanced_example_weights`); background RoIs weigh 1.
+        The RoIs are a random sample (``sampler``) or, with a ``miner``, the hardest ones
+        (:meth:`mine_rois`).
         """
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
-        rois, labels, matched = [], [], []
-        for p, g, lab in zip(proposals, gt_boxes, gt_labels):
-            r, l, m = sample_rois(p.detach(), g, lab, matcher=self.matcher, sampler=self.sampler)
-            rois.append(r)
-            labels.append(l)
-            matched.append(m)
+        proposals = [p.detach() for p in proposals]
+        if self.miner is not None:
+            sampled = self.mine_rois(features, proposals, gt_boxes, gt_labels)
+        else:
+            sampled = [
+                sample_rois(p, g, lab, matcher=self.matcher, sampler=self.sampler)
+                for p, g, lab in zip(proposals, gt_boxes, gt_labels)
+            ]
+        rois = [r for r, _, _ in sampled]
+        labels = [lab for _, lab, _ in sampled]
+        matched = [m for _, _, m in sampled]
         class_logits, box_deltas = self(features, rois)
         labels_t = torch.cat(labels)
         rois_t, matched_t = torch.cat(rois), torch.cat(matched)
@@ -218,6 +250,41 @@ class RoIHeads(nn.Module):
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
                                     class_weights=cls_w, box_weights=box_w)
         return {"roi_cls": cls * self.loss_weight_cls, "roi_reg": reg * self.loss_weight_reg}
+
+    def mine_rois(
+        self,
+        features: Tensor,
+        proposals: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Online hard example mining: per image, the ``miner``'s choice of the RoIs with the
+        highest loss under the current weights (one forward pass without gradients over every
+        labelled proposal), foreground first; (rois, labels, matched gt boxes) as
+        :func:`sample_rois`."""
+        assert self.miner is not None
+        candidates = [
+            label_rois(p, g, lab, matcher=self.matcher)
+            for p, g, lab in zip(proposals, gt_boxes, gt_labels)
+        ]
+        rois = torch.cat([r for r, _, _ in candidates])
+        labels = torch.cat([lab for _, lab, _ in candidates])
+        matched = torch.cat([m for _, _, m in candidates])
+        with torch.no_grad():
+            class_logits, box_deltas = self(features.detach(), [r for r, _, _ in candidates])
+            deltas = box_deltas.view(len(labels), -1, 4)[torch.arange(len(labels)), labels]
+            targets = torch.zeros_like(deltas)
+            fg = labels > 0
+            targets[fg] = self.coder.encode(rois[fg], matched[fg]).to(targets.dtype)
+            losses = example_losses(class_logits, labels, deltas, targets, beta=self.smooth_l1_beta)
+        out = []
+        start = 0
+        for r, lab, m in candidates:
+            keep = self.miner(losses[start : start + len(r)], r)
+            start += len(r)
+            keep = keep[(lab[keep] == 0).to(torch.int8).argsort(stable=True)]  # foreground first
+            out.append((r[keep], lab[keep], m[keep]))
+        return out
 
     def predict(
         self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]

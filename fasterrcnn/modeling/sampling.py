@@ -4,6 +4,10 @@ Shapes: N candidates.
 
 The RPN takes 256 anchors per image with up to half positive (paper §3.1.3); the Fast R-CNN head
 128 RoIs with 25% foreground. When there are too few positives the rest is filled with negatives.
+
+Online hard example mining (OHEM; Shrivastava, Gupta and Girshick, CVPR 2016) instead keeps the
+examples with the highest current loss, after NMS over their boxes so that one hard object does
+not fill the batch with near-copies of itself; there is no positive fraction.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.ops import nms
 
 
 def subsample(
@@ -46,3 +51,25 @@ class Sampler:
 
     def __call__(self, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
         return subsample(positive, negative, self.num_samples, self.positive_fraction)
+
+
+def hard_examples(losses: Tensor, boxes: Tensor, num_samples: int, nms_thresh: float) -> Tensor:
+    """Indices of at most ``num_samples`` examples, highest loss first (``losses`` [N],
+    ``boxes`` [N, 4]); an example overlapping a harder kept one at IoU > ``nms_thresh`` is
+    skipped (``nms_thresh`` >= 1 keeps all)."""
+    if nms_thresh >= 1.0:
+        order = losses.argsort(descending=True, stable=True)
+    else:
+        order = nms(boxes.float(), losses.float(), nms_thresh)
+    return order[:num_samples]
+
+
+@dataclass(frozen=True)
+class HardExampleMiner:
+    """:func:`hard_examples` with its batch size and NMS threshold bound."""
+
+    num_samples: int
+    nms_thresh: float = 0.7
+
+    def __call__(self, losses: Tensor, boxes: Tensor) -> Tensor:
+        return hard_examples(losses, boxes, self.num_samples, self.nms_thresh)

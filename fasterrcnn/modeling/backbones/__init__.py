@@ -26,7 +26,8 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
     if cfg.name == "tiny":
         if cfg.stride not in TINY_STRIDES:
             raise ConfigError(f"backbone tiny has stride 4, 8 or 16, config says {cfg.stride}")
-        return Tiny(cfg.width, cfg.stride, weights, extra_convs=cfg.extra_convs)
+        return Tiny(cfg.width, cfg.stride, weights, extra_convs=cfg.extra_convs,
+                    fine_channels=cfg.fine_channels)
     if cfg.name == "mobilenet_v2":
         if cfg.stride not in (8, 16):
             raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
