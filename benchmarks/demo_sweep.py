@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "extra2": {"model.backbone.extra_convs": 2},
     "fine32": {"model.backbone.fine_channels": 32},
     "ohem": {"model.roi_head.hard_mining": True},
+    "ctx15": {"model.roi_head.context_scales": [1.5]},
+    "ohem-ctx15": {"model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5]},
     "rep512-reg2": {"model.roi_head.representation_size": 512, "model.roi_head.loss_weight_reg": 2.0},
     "roi-fg05": {"model.roi_head.positive_fraction": 0.5},
     "ratios5": {"model.anchors.aspect_ratios": [0.33, 0.5, 1.0, 2.0, 3.0]},

@@ -79,6 +79,8 @@ class RoIHeadConfig:
     pool_size: int = 7
     sampling_ratio: int = 2  # roi_align only
     aligned: bool = True  # roi_align only: cell i at (i + 0.5) * stride; False: at i * stride
+    # also pool each RoI enlarged by these factors (context for the head, concatenated); () = off
+    context_scales: tuple[float, ...] = ()
     representation_size: int = 4096  # fc6 / fc7 width
     dropout: float = 0.5  # after fc6 and fc7 (VGG-style); 0 disables
     batch_size_per_image: int = 128
@@ -105,6 +107,8 @@ class RoIHeadConfig:
     hard_mining_nms: float = 0.7
 
     def __post_init__(self) -> None:
+        if any(not s > 0 for s in self.context_scales):
+            raise ConfigError(f"roi_head.context_scales must be positive, got {self.context_scales}")
         if not 0.0 < self.hard_mining_nms <= 1.0:
             raise ConfigError(f"roi_head.hard_mining_nms must be in (0, 1], got {self.hard_mining_nms}")
         if self.positive_weighting not in ("roi", "box"):

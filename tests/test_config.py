@@ -41,6 +41,7 @@ def test_override_from_command_line_strings():
     ("model.rpn.no_such_key", "1", "unknown config key"),
     ("model.roi_head.vote_iou", 1.5, "vote_iou must be in"),
     ("model.roi_head.hard_mining_nms", 0.0, "hard_mining_nms must be in"),
+    ("model.roi_head.context_scales", [1.5, -1], "context_scales must be positive"),
     ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),
     ("model.test_aug.min_sizes", ["big"], "min_sizes must be integers"),
 ])

@@ -156,3 +156,24 @@ def test_test_aug_config_builds_views():
     ]
     assert model.roi_heads.vote_iou == 0.6
     assert build_model(override(preset("tiny-shapes"), TINY).model).views == ()
+
+
+def test_head_options_build_and_train_a_step():
+    # hard example mining, context pooling and the /4 shortcut, all at once: the model builds
+    # with the right fc6 width, its loss is finite and reaches every new parameter
+    cfg = override(preset("tiny-shapes"), {
+        **TINY, "model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5],
+        "model.backbone.fine_channels": 8,
+    })
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    assert model.backbone.out_channels == 32 + 8
+    assert model.roi_heads.box_head.fc6.in_features == 40 * 2 * 49
+    assert model.roi_heads.miner is not None and model.roi_heads.miner.num_samples == 32
+    images, targets = _scene()
+    losses = model.loss(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.shortcut[0][0].weight.grad.abs().sum() > 0
+    model.eval()
+    assert len(model.predict(images)) == 2

@@ -1,12 +1,13 @@
 import math
 
+import pytest
 import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.matching import Matcher
 from fasterrcnn.modeling.postprocess import detect
 from fasterrcnn.modeling.roi_heads import (
-    BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois, sample_rois,
+    BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois, sample_rois, scale_boxes_about_centre,
 )
 from fasterrcnn.modeling.sampling import HardExampleMiner, Sampler
 
@@ -165,3 +166,22 @@ def test_hard_mining_trains_on_the_highest_loss_rois():
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert heads.predictor.cls_score.weight.grad is not None
+
+
+def test_context_pooling_concatenates_the_enlarged_box():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    torch.testing.assert_close(
+        scale_boxes_about_centre(boxes, 1.5), torch.tensor([[5.0, 10.0, 35.0, 70.0]])
+    )
+    torch.manual_seed(0)
+    feats = torch.randn(1, 3, 12, 12)
+    plain = RoIPooler("roi_align", 7, 8, aligned=False)
+    foveal = RoIPooler("roi_align", 7, 8, aligned=False, context_scales=(1.5, 2.0))
+    assert foveal.num_regions == 3 and plain.num_regions == 1
+    out = foveal(feats, [boxes])
+    assert out.shape == (1, 9, 7, 7)
+    torch.testing.assert_close(out[:, :3], plain(feats, [boxes]))
+    torch.testing.assert_close(out[:, 3:6], plain(feats, [torch.tensor([[5.0, 10.0, 35.0, 70.0]])]))
+    torch.testing.assert_close(out[:, 6:], plain(feats, [torch.tensor([[0.0, 0.0, 40.0, 80.0]])]))
+    with pytest.raises(ValueError, match="context_scales"):
+        RoIPooler("roi_align", 7, 8, context_scales=(0.0,))

@@ -229,7 +229,10 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         positive_weighting=r.positive_weighting,
     )
     h = cfg.roi_head
-    box_head = BoxHead(backbone.out_channels * h.pool_size**2, h.representation_size, h.dropout)
+    pooler = RoIPooler(h.pooler, h.pool_size, backbone.stride, h.sampling_ratio, h.aligned,
+                       context_scales=h.context_scales)
+    box_head = BoxHead(backbone.out_channels * pooler.num_regions * h.pool_size**2,
+                       h.representation_size, h.dropout)
     if backbone.box_head_state is not None:
         state = backbone.box_head_state
         if tuple(state["fc6.weight"].shape) == tuple(box_head.fc6.weight.shape) and tuple(
@@ -237,7 +240,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         ) == tuple(box_head.fc7.weight.shape):
             box_head.load_state_dict(state)
     roi_heads = RoIHeads(
-        RoIPooler(h.pooler, h.pool_size, backbone.stride, h.sampling_ratio, h.aligned),
+        pooler,
         box_head,
         BoxPredictor(h.representation_size, cfg.num_classes),
         matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh_hi, h.bg_iou_thresh_lo, False),
