@@ -74,20 +74,20 @@ def roi_align_matrix(
     steps = (steps + (torch.arange(s, dtype=rois.dtype, device=rois.device) + 0.5) / s).reshape(-1)
     ys = y1[:, None] + steps * (height / p)[:, None]  # [R, P * S]
     xs = x1[:, None] + steps * (width / p)[:, None]
-    y_lo, y_hi, y_wlo, y_whi, y_in = (t.view(r, p, 1, s, 1) for t in _axis(ys, h))
-    x_lo, x_hi, x_wlo, x_whi, x_in = (t.view(r, 1, p, 1, s) for t in _axis(xs, w))
-    base = (image * (h * w)).view(r, 1, 1, 1, 1)
-    cols = torch.stack(
-        (base + y_lo * w + x_lo, base + y_lo * w + x_hi, base + y_hi * w + x_lo, base + y_hi * w + x_hi),
-        dim=-1,
-    )  # [R, P(y), P(x), S(y), S(x), 4]
-    scale = (y_in & x_in).to(rois.dtype) / (s * s)  # mean over the samples; outside samples are 0
-    vals = torch.stack(
-        (y_wlo * x_wlo, y_wlo * x_whi, y_whi * x_wlo, y_whi * x_whi), dim=-1
-    ) * scale[..., None]
+    # per axis: the two neighbours of every sample and their weights (1/s each: the mean over
+    # the samples; 0 outside the map), then all 4 corners of all s x s samples of a bin at once
+    y_lo, y_hi, y_wlo, y_whi, y_in = _axis(ys, h)
+    x_lo, x_hi, x_wlo, x_whi, x_in = _axis(xs, w)
+    y_off = (image * (h * w))[:, None, None] + torch.stack((y_lo, y_hi), dim=-1) * w  # [R, P*S, 2]
+    x_idx = torch.stack((x_lo, x_hi), dim=-1)
+    y_wt = torch.stack((y_wlo, y_whi), dim=-1) * (y_in.to(rois.dtype) / s)[..., None]
+    x_wt = torch.stack((x_wlo, x_whi), dim=-1) * (x_in.to(rois.dtype) / s)[..., None]
+    index_dtype = torch.int32 if n * h * w < 2**31 else torch.int64
+    cols = y_off.to(index_dtype).view(r, p, 1, s, 1, 2, 1) + x_idx.to(index_dtype).view(r, 1, p, 1, s, 1, 2)
+    vals = y_wt.view(r, p, 1, s, 1, 2, 1) * x_wt.view(r, 1, p, 1, s, 1, 2)  # [R, P, P, S, S, 2, 2]
     per_row = s * s * 4
     rows = r * p * p
-    crow = torch.arange(0, rows * per_row + 1, per_row, device=rois.device)
+    crow = torch.arange(0, rows * per_row + 1, per_row, device=rois.device, dtype=index_dtype)
     with warnings.catch_warnings():  # torch calls its CSR support "beta"; this use is tested
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
