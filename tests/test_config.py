@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fasterrcnn.config import (
-    PRESETS, Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict,
+    Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict,
 )
+from fasterrcnn.presets import PRESETS
 
 
 def test_paper_defaults_for_the_new_options():

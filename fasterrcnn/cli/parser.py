@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import PRESETS
+from ..presets import PRESETS
 from .check_data import cmd_check_data
 from .demo import DEMO_OUT, cmd_demo
 from .detect import cmd_detect

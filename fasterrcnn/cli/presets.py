@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import PRESETS, preset
+from ..presets import PRESETS, preset
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
