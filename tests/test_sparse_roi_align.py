@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import roi_align
 
 from fasterrcnn.modeling.roi_heads import RoIPooler
-from fasterrcnn.modeling.sparse_roi_align import roi_align_matrix, sparse_roi_align
+from fasterrcnn.modeling.sparse_roi_align import roi_align_matrix, sparse_roi_align, transpose_csr
 
 
 def _rois(n_images: int, count: int, height: int, width: int, stride: int, seed: int) -> torch.Tensor:
@@ -100,3 +100,16 @@ def test_deterministic() -> None:
         (g,) = torch.autograd.grad((out * out).sum(), features)
         results.append((out.detach(), g))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_transpose_csr_equals_the_dense_transpose() -> None:
+    dense = torch.tensor([[0.0, 2.0, 0.0, 1.0], [3.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    t = transpose_csr(dense.to_sparse_csr())
+    assert t.layout == torch.sparse_csr and t.shape == (4, 3)
+    torch.testing.assert_close(t.to_dense(), dense.t())
+    assert t.crow_indices().tolist() == [0, 1, 2, 2, 4]  # rows of A.T: columns of A, in order
+    rois = torch.tensor([[0.0, 3, 5, 40, 30], [1, 0, 0, 64, 64], [0, 50, 10, 55, 12]])
+    a = roi_align_matrix(rois, (2, 6, 8), 3, 1 / 8, 2, False)
+    torch.testing.assert_close(transpose_csr(a).to_dense(), a.to_dense().t())
+    empty = torch.zeros(0, 5).to_sparse_csr()
+    assert transpose_csr(empty).shape == (5, 0)
