@@ -106,8 +106,18 @@ class RoIHeadConfig:
     # positive_fraction then. Off in the paper's presets.
     hard_mining: bool = False
     hard_mining_nms: float = 0.7
+    # Cascade R-CNN (Cai & Vasconcelos 2018): later box stages, each with its own fc head, trained
+    # on the previous stage's boxes with foreground at these IoUs (e.g. (0.6,) or (0.6, 0.7));
+    # stage k's box targets are normalised by box_weights x k, its losses weigh
+    # cascade_loss_weight ** (k - 1). () = one stage (the paper).
+    cascade_ious: tuple[float, ...] = ()
+    cascade_loss_weight: float = 0.5
 
     def __post_init__(self) -> None:
+        if any(not 0.0 < t < 1.0 for t in self.cascade_ious):
+            raise ConfigError(f"roi_head.cascade_ious must be in (0, 1), got {self.cascade_ious}")
+        if not self.cascade_loss_weight >= 0.0:
+            raise ConfigError(f"roi_head.cascade_loss_weight must be >= 0, got {self.cascade_loss_weight}")
         if any(not s > 0 for s in self.context_scales):
             raise ConfigError(f"roi_head.context_scales must be positive, got {self.context_scales}")
         if not 0.0 < self.hard_mining_nms <= 1.0:

@@ -28,6 +28,7 @@ from ..config import ModelConfig
 from .anchors import AnchorGenerator
 from .backbones import Backbone, build_backbone
 from .box_coding import BoxCoder
+from .cascade import RefineStage
 from .matching import Matcher
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
@@ -117,7 +118,7 @@ class FasterRCNN(nn.Module):
                 props, _ = self.rpn.propose(out, batch.image_sizes, training=True)
             else:
                 props = self._scaled_proposals(proposals, batch)
-            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels))
+            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes))
         return losses
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
@@ -239,6 +240,17 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
             state["fc7.weight"].shape
         ) == tuple(box_head.fc7.weight.shape):
             box_head.load_state_dict(state)
+    in_features = box_head.fc6.in_features
+    stages = [
+        RefineStage(
+            BoxHead(in_features, h.representation_size, h.dropout),
+            BoxPredictor(h.representation_size, cfg.num_classes),
+            matcher=Matcher(iou, iou, 0.0, False),
+            coder=BoxCoder(tuple(w * k for w in h.box_weights)),
+            loss_weight=h.cascade_loss_weight ** (k - 1),
+        )
+        for k, iou in enumerate(h.cascade_ious, start=2)
+    ]
     roi_heads = RoIHeads(
         pooler,
         box_head,
@@ -256,6 +268,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         positive_weighting=h.positive_weighting,
         vote_iou=h.vote_iou,
         miner=HardExampleMiner(h.batch_size_per_image, h.hard_mining_nms) if h.hard_mining else None,
+        stages=stages,
     )
     i = cfg.input
     transform = InputTransform(

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
 from .box_coding import BoxCoder
+from .cascade import RefineStage, label_boxes, most_likely_classes, refine_boxes
 from .losses import box_balanced_example_weights, detection_losses, example_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import class_boxes, select_detections
@@ -216,6 +217,7 @@ class RoIHeads(nn.Module):
         positive_weighting: str = "roi",
         vote_iou: float = 0.0,
         miner: HardExampleMiner | None = None,
+        stages: Sequence[RefineStage] = (),
     ) -> None:
         super().__init__()
         if positive_weighting not in ("roi", "box"):
@@ -238,6 +240,7 @@ class RoIHeads(nn.Module):
         self.positive_weighting = positive_weighting
         self.vote_iou = vote_iou
         self.miner = miner
+        self.stages = nn.ModuleList(stages)  # later cascade stages (.cascade); empty: the paper
 
     def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
@@ -249,13 +252,16 @@ class RoIHeads(nn.Module):
         proposals: Sequence[Tensor],
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas).
 
         With ``positive_weighting="box"`` each image's foreground RoIs are weighted so that every
         gt box counts the same (:func:`box_balanced_example_weights`); background RoIs weigh 1.
         The RoIs are a random sample (``sampler``) or, with a ``miner``, the hardest ones
-        (:meth:`mine_rois`).
+        (:meth:`mine_rois`). Each later cascade stage ``k`` (2, 3, ...) adds ``roi{k}_cls`` and
+        ``roi{k}_reg`` on the boxes the stage before it regressed (clipped to ``image_sizes``
+        when given), relabelled at its own IoU.
         """
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
@@ -267,15 +273,40 @@ class RoIHeads(nn.Module):
                 sample_rois(p, g, lab, matcher=self.matcher, sampler=self.sampler)
                 for p, g, lab in zip(proposals, gt_boxes, gt_labels)
             ]
-        rois = [r for r, _, _ in sampled]
+        class_logits, box_deltas = self(features, [r for r, _, _ in sampled])
+        losses = self._stage_losses(class_logits, box_deltas, sampled, self.coder, "roi", 1.0)
+        coder = self.coder
+        for k, stage in enumerate(self.stages, start=2):
+            labels = torch.cat([lab for _, lab, _ in sampled])
+            classes = torch.where(labels > 0, labels, most_likely_classes(class_logits.detach()))
+            boxes = refine_boxes(box_deltas.detach(), [r for r, _, _ in sampled], classes, image_sizes,
+                                 coder=coder)
+            coder = stage.coder
+            sampled = [label_boxes(b, g, lab, matcher=stage.matcher)
+                       for b, g, lab in zip(boxes, gt_boxes, gt_labels)]
+            class_logits, box_deltas = stage(self.pooler(features, [b for b, _, _ in sampled]))
+            losses.update(self._stage_losses(class_logits, box_deltas, sampled, stage.coder,
+                                             f"roi{k}", stage.loss_weight))
+        return losses
+
+    def _stage_losses(
+        self,
+        class_logits: Tensor,
+        box_deltas: Tensor,
+        sampled: Sequence[tuple[Tensor, Tensor, Tensor]],
+        coder: BoxCoder,
+        prefix: str,
+        weight: float,
+    ) -> dict[str, Tensor]:
+        """``{prefix}_cls`` and ``{prefix}_reg`` of one stage's (rois, labels, matched gt boxes)
+        per image (foreground first), scaled by ``weight``."""
         labels = [lab for _, lab, _ in sampled]
         matched = [m for _, _, m in sampled]
-        class_logits, box_deltas = self(features, rois)
         labels_t = torch.cat(labels)
-        rois_t, matched_t = torch.cat(rois), torch.cat(matched)
+        rois_t, matched_t = torch.cat([r for r, _, _ in sampled]), torch.cat(matched)
         fg = (labels_t > 0).nonzero(as_tuple=True)[0]
         deltas = box_deltas.view(len(labels_t), -1, 4)[fg, labels_t[fg]]
-        targets = self.coder.encode(rois_t[fg], matched_t[fg])
+        targets = coder.encode(rois_t[fg], matched_t[fg])
         cls_w = box_w = None
         if self.positive_weighting == "box":
             parts = []
@@ -286,7 +317,8 @@ class RoIHeads(nn.Module):
             box_w = cls_w[fg]
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
                                     class_weights=cls_w, box_weights=box_w)
-        return {"roi_cls": cls * self.loss_weight_cls, "roi_reg": reg * self.loss_weight_reg}
+        return {f"{prefix}_cls": cls * self.loss_weight_cls * weight,
+                f"{prefix}_reg": reg * self.loss_weight_reg * weight}
 
     def mine_rois(
         self,
@@ -332,9 +364,24 @@ class RoIHeads(nn.Module):
     def class_boxes(
         self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[tuple[Tensor, Tensor]]:
-        """Per image, before selection: scores [P, K] and per-class boxes [P, K, 4] (input pixels)."""
+        """Per image, before selection: scores [P, K] and per-class boxes [P, K, 4] (input pixels).
+
+        With cascade stages: the boxes of the last stage and the mean of every stage's scores.
+        """
         class_logits, box_deltas = self(features, proposals)
-        return class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
+        if not len(self.stages):
+            return class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
+        probs = torch.softmax(class_logits.float(), dim=-1)
+        rois, coder = list(proposals), self.coder
+        for stage in self.stages:
+            rois = refine_boxes(box_deltas, rois, most_likely_classes(class_logits), image_sizes,
+                                coder=coder)
+            class_logits, box_deltas = stage(self.pooler(features, rois))
+            probs = probs + torch.softmax(class_logits.float(), dim=-1)
+            coder = stage.coder
+        out = class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)
+        mean = (probs[:, 1:] / (1 + len(self.stages))).split([len(r) for r in rois])
+        return [(m, b) for m, (_, b) in zip(mean, out)]
 
     def select(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
         """Detections from pooled candidates (scores [M, K], boxes [M, K, 4]) with this head's
