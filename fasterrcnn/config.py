@@ -194,9 +194,16 @@ class TrainConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16"
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     include_difficult: bool = False  # train on VOC "difficult" objects
+    # exponential moving average of the weights, updated every step (e.g. 0.998); the average
+    # is what model_final.pt holds. 0 = off (the paper)
+    ema_decay: float = 0.0
     sync_bn: bool = True  # multi-GPU (CUDA DDP): BatchNorm statistics over the global batch
     # 4-step alternating training: iterations of each step (lr schedule scaled per step)
     alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)

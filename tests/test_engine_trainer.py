@@ -195,6 +195,46 @@ def test_smoke_outputs_and_learning(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_ema_weights_are_exported_and_resumed(tmp_path: Path) -> None:
+    # decay 0.5 over 3 steps: the first update copies w1, then 0.5 ema + 0.5 w -> .25 w1 + .25 w2 + .5 w3
+    cfg = toy_config(max_iter=3, checkpoint_period=2, hflip_prob=0.0, ema_decay=0.5)
+    torch.manual_seed(0)
+    model = TinyDetector(stochastic=False)
+    seen: list[dict[str, torch.Tensor]] = []
+    inner = model.loss
+
+    def recording_loss(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})  # weights before the step
+        return inner(*args, **kwargs)
+
+    model.loss = recording_loss  # type: ignore[method-assign]
+    train(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES, model=model, progress=False)
+    w1, w2, w3 = seen[1], seen[2], model.state_dict()
+    final = load_checkpoint(tmp_path / "a" / "model_final.pt")["model"]
+    for k in w3:
+        if w3[k].is_floating_point():
+            torch.testing.assert_close(final[k], 0.25 * w1[k] + 0.25 * w2[k] + 0.5 * w3[k])
+    assert not torch.equal(final["cls.weight"], w3["cls.weight"])
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["ema"] is not None
+    # stop at 2, resume to 3: the same average as the uninterrupted run
+    torch.manual_seed(0)
+    train(toy_config(max_iter=2, checkpoint_period=2, hflip_prob=0.0, ema_decay=0.5), ToyDataset(4),
+          out_dir=tmp_path / "b", classes=CLASSES, model=TinyDetector(stochastic=False), progress=False)
+    train(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES, model=TinyDetector(stochastic=False),
+          resume="auto", progress=False)
+    resumed = load_checkpoint(tmp_path / "b" / "model_final.pt")["model"]
+    assert state_equal(resumed, final) == []
+    # a checkpoint without an average cannot resume a run that keeps one
+    train(toy_config(max_iter=2), ToyDataset(4), out_dir=tmp_path / "c", classes=CLASSES,
+          model=TinyDetector(), progress=False)
+    with pytest.raises(CheckpointError, match="EMA"):
+        train(toy_config(max_iter=3, ema_decay=0.5), ToyDataset(4), out_dir=tmp_path / "c",
+              classes=CLASSES, model=TinyDetector(), resume="auto", allow_config_changes=["train.ema_decay"],
+              progress=False)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        toy_config(ema_decay=1.0)
+
+
 def test_nan_guard_skips_then_diverges(tmp_path: Path) -> None:
     cfg = toy_config(max_iter=20, checkpoint_period=4, max_bad_steps=3)
     # one isolated bad step (3) is skipped and training goes on; 6, 7, 8 in a row -> diverged

@@ -17,6 +17,17 @@ from ..config import ConfigError
 ProposalFn = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
 
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers (BatchNorm statistics
+    too): after each optimiser step ``ema = decay * ema + (1 - decay) * weights``; the first
+    update copies the weights. ``torch.optim.swa_utils`` does the work."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+
+
 def build_optimizer(model: nn.Module, momentum: float, weight_decay: float, lr: float) -> torch.optim.SGD:
     """SGD over trainable parameters; weight decay on weights (ndim >= 2), none on biases/1-D."""
     decay, no_decay = [], []

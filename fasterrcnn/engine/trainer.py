@@ -25,6 +25,9 @@ Making a multi-day run safe:
 * Multi-GPU: under torchrun the process group is joined automatically (or use
   :func:`fasterrcnn.engine.distributed.init_from_env` first); the detector is wrapped in DDP through
   :class:`~fasterrcnn.engine.distributed.LossModule`; only rank 0 logs, evaluates and writes.
+* ``train.ema_decay`` > 0 keeps an exponential moving average of the weights (and BatchNorm
+  statistics), updated after every optimiser step; it is what ``model_final.pt`` holds and what
+  ``val_fn`` sees, and ``last.pt`` carries it for resuming.
 * Evaluation every ``eval_period`` iterations (if > 0) and at the end via ``val_fn(model)`` (rank 0,
   model in eval mode under ``no_grad``, RNG state preserved so evaluation never changes training).
 * Frozen BatchNorm: a BatchNorm layer whose affine parameters all have ``requires_grad=False`` is
@@ -79,6 +82,7 @@ from .step import (
     ProposalFn,
     StagedLoss,
     amp_dtype,
+    build_ema,
     build_optimizer,
     forward_backward,
     frozen_batchnorms,
@@ -239,6 +243,11 @@ def _train(
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+    ema = build_ema(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
+    if ema is not None and ckpt is not None:
+        if not ckpt.get("ema"):
+            raise CheckpointError(f"{resume_path}: train.ema_decay is set but the checkpoint has no EMA weights")
+        load_state_strict(ema, ckpt["ema"], resume_path or "<checkpoint>")
 
     # ---- data
     global_batch = tcfg.images_per_batch * dinfo.world_size
@@ -331,6 +340,7 @@ def _train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "sampler": tl.sampler.state_at(iteration - start_iter),
                     "rng": rngs[0],
                     "rng_per_rank": rngs if len(rngs) > 1 else None,
@@ -346,7 +356,7 @@ def _train(
             model.eval()
             try:
                 with torch.no_grad():
-                    result = dict(val_fn(model) or {})
+                    result = dict(val_fn(model if ema is None else ema.module) or {})
             finally:
                 set_train_mode(model, frozen_bn)
                 restore_rng_state(rng)
@@ -379,6 +389,8 @@ def _train(
             else:
                 guard.good_step()
                 optimizer_step(optimizer, scaler, params, outcome.grad_norm, tcfg.grad_clip_norm)
+                if ema is not None:
+                    ema.update_parameters(model)
             scheduler.step()
 
             logger.accumulate(values)
@@ -395,7 +407,7 @@ def _train(
         if last_saved != iteration:
             save_last()
         if main:
-            export_weights(final_path, model=model, cfg=cfg, classes=classes)
+            export_weights(final_path, model=model if ema is None else ema.module, cfg=cfg, classes=classes)
             logger.info(f"wrote {final_path}")
         if val_fn is not None:
             metrics = evaluate()
