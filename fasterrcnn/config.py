@@ -112,8 +112,18 @@ class RoIHeadConfig:
     # cascade_loss_weight ** (k - 1). () = one stage (the paper).
     cascade_ious: tuple[float, ...] = ()
     cascade_loss_weight: float = 0.5
+    # predicted IoU per class on fc7 (after IoU-Net, Jiang et al. 2018), trained on the RoIs that
+    # overlap a gt box at IoU >= iou_quality_min_iou; test scores become
+    # p ** (1 - iou_quality) * iou ** iou_quality. 0 = no such branch (the paper)
+    iou_quality: float = 0.0
+    iou_quality_min_iou: float = 0.1
+    iou_quality_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.iou_quality <= 1.0:
+            raise ConfigError(f"roi_head.iou_quality must be in [0, 1] (0 = off), got {self.iou_quality}")
+        if self.iou_quality > 0 and self.cascade_ious:
+            raise ConfigError("roi_head.iou_quality and roi_head.cascade_ious cannot be combined")
         if any(not 0.0 < t < 1.0 for t in self.cascade_ious):
             raise ConfigError(f"roi_head.cascade_ious must be in (0, 1), got {self.cascade_ious}")
         if not self.cascade_loss_weight >= 0.0:

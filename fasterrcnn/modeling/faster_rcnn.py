@@ -29,6 +29,7 @@ from .anchors import AnchorGenerator
 from .backbones import Backbone, build_backbone
 from .box_coding import BoxCoder
 from .cascade import RefineStage
+from .quality import IoUPredictor
 from .matching import Matcher
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
@@ -269,6 +270,10 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         vote_iou=h.vote_iou,
         miner=HardExampleMiner(h.batch_size_per_image, h.hard_mining_nms) if h.hard_mining else None,
         stages=stages,
+        quality=IoUPredictor(h.representation_size, cfg.num_classes) if h.iou_quality > 0 else None,
+        quality_weight=h.iou_quality,
+        quality_min_iou=h.iou_quality_min_iou,
+        quality_loss_weight=h.iou_quality_loss_weight,
     )
     i = cfg.input
     transform = InputTransform(

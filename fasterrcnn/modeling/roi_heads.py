@@ -21,6 +21,7 @@ from .losses import box_balanced_example_weights, detection_losses, example_loss
 from .matching import BACKGROUND, Matcher
 from .postprocess import class_boxes, select_detections
 from .proposals import add_gt_boxes
+from .quality import IoUPredictor, quality_loss, quality_targets, rescore
 from .sampling import HardExampleMiner, Sampler
 from .sparse_roi_align import sparse_roi_align
 
@@ -218,8 +219,16 @@ class RoIHeads(nn.Module):
         vote_iou: float = 0.0,
         miner: HardExampleMiner | None = None,
         stages: Sequence[RefineStage] = (),
+        quality: IoUPredictor | None = None,
+        quality_weight: float = 0.5,
+        quality_min_iou: float = 0.1,
+        quality_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if quality is not None and len(stages):
+            raise ValueError("the IoU quality branch and cascade stages cannot be combined")
+        if not 0.0 <= quality_weight <= 1.0:
+            raise ValueError(f"quality_weight must be in [0, 1], got {quality_weight}")
         if positive_weighting not in ("roi", "box"):
             raise ValueError(f"positive_weighting must be 'roi' or 'box', got {positive_weighting!r}")
         if not 0.0 <= vote_iou <= 1.0:
@@ -241,6 +250,10 @@ class RoIHeads(nn.Module):
         self.vote_iou = vote_iou
         self.miner = miner
         self.stages = nn.ModuleList(stages)  # later cascade stages (.cascade); empty: the paper
+        self.quality = quality  # predicted IoU per class (.quality); None: the paper
+        self.quality_weight = quality_weight
+        self.quality_min_iou = quality_min_iou
+        self.quality_loss_weight = quality_loss_weight
 
     def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
@@ -261,7 +274,8 @@ class RoIHeads(nn.Module):
         The RoIs are a random sample (``sampler``) or, with a ``miner``, the hardest ones
         (:meth:`mine_rois`). Each later cascade stage ``k`` (2, 3, ...) adds ``roi{k}_cls`` and
         ``roi{k}_reg`` on the boxes the stage before it regressed (clipped to ``image_sizes``
-        when given), relabelled at its own IoU.
+        when given), relabelled at its own IoU. The IoU branch adds ``roi_iou``
+        (:mod:`.quality`).
         """
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
@@ -273,8 +287,14 @@ class RoIHeads(nn.Module):
                 sample_rois(p, g, lab, matcher=self.matcher, sampler=self.sampler)
                 for p, g, lab in zip(proposals, gt_boxes, gt_labels)
             ]
-        class_logits, box_deltas = self(features, [r for r, _, _ in sampled])
+        rois = [r for r, _, _ in sampled]
+        x = self.box_head(self.pooler(features, rois))
+        class_logits, box_deltas = self.predictor(x)
         losses = self._stage_losses(class_logits, box_deltas, sampled, self.coder, "roi", 1.0)
+        if self.quality is not None:
+            targets = quality_targets(rois, box_deltas, gt_boxes, gt_labels, coder=self.coder,
+                                      min_iou=self.quality_min_iou)
+            losses["roi_iou"] = quality_loss(self.quality(x), *targets) * self.quality_loss_weight
         coder = self.coder
         for k, stage in enumerate(self.stages, start=2):
             labels = torch.cat([lab for _, lab, _ in sampled])
@@ -367,10 +387,16 @@ class RoIHeads(nn.Module):
         """Per image, before selection: scores [P, K] and per-class boxes [P, K, 4] (input pixels).
 
         With cascade stages: the boxes of the last stage and the mean of every stage's scores.
+        With the IoU branch: the scores rescored by the predicted IoU (:func:`.quality.rescore`).
         """
-        class_logits, box_deltas = self(features, proposals)
+        x = self.box_head(self.pooler(features, proposals))
+        class_logits, box_deltas = self.predictor(x)
         if not len(self.stages):
-            return class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
+            out = class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
+            if self.quality is None:
+                return out
+            quality = self.quality(x).split([len(p) for p in proposals])
+            return [(rescore(s, q, self.quality_weight), b) for (s, b), q in zip(out, quality)]
         probs = torch.softmax(class_logits.float(), dim=-1)
         rois, coder = list(proposals), self.coder
         for stage in self.stages:
