@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ohem-ctx15-i2000": {"model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5],
                          **_steps(2000)},
     "ctx15-fine32": {"model.roi_head.context_scales": [1.5], "model.backbone.fine_channels": 32},
+    "iou5": {"model.roi_head.iou_quality": 0.5},
+    "iou3": {"model.roi_head.iou_quality": 0.3},
     "ema998": {"train.ema_decay": 0.998},
     "ema995": {"train.ema_decay": 0.995},
     "casc6": {"model.roi_head.cascade_ious": [0.6]},
