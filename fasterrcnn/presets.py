@@ -92,9 +92,9 @@ def _tiny_shapes() -> Config:
         ),
         train=TrainConfig(
             images_per_batch=4,
-            max_iter=3000,
+            max_iter=2700,
             lr=0.02,
-            lr_steps=(2280, 2760),
+            lr_steps=(2052, 2484),
             warmup_iters=100,
             weight_decay=1e-4,
             checkpoint_period=500,
