@@ -3,10 +3,10 @@ import torch
 
 from fasterrcnn.config import ConfigError, override, preset
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.cascade import RefineStage, label_boxes, most_likely_classes, refine_boxes
+from fasterrcnn.modeling.cascade import RefineStage, most_likely_classes, refine_boxes
 from fasterrcnn.modeling.faster_rcnn import build_model
 from fasterrcnn.modeling.matching import Matcher
-from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
+from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois
 from fasterrcnn.modeling.sampling import Sampler
 
 CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
@@ -35,16 +35,16 @@ def test_refine_boxes_uses_each_rois_class_and_clips():
     assert empty[0].shape == (0, 4)
 
 
-def test_label_boxes_at_a_higher_iou_foreground_first():
+def test_refined_boxes_labelled_at_a_higher_iou_foreground_first():
     gt = torch.tensor([[0.0, 0, 10, 10]])
     boxes = torch.tensor([[0.0, 0, 10, 8], [50, 50, 60, 60], [0, 0, 10, 6.5], [0, 0, 10, 10]])
     # IoU with the gt box: 0.8, 0, 0.65, 1.0; foreground at 0.7
-    out_boxes, labels, targets = label_boxes(boxes, gt, torch.tensor([4]), matcher=Matcher(0.7, 0.7, 0.0))
+    out_boxes, labels, targets = label_rois(boxes, gt, torch.tensor([4]), matcher=Matcher(0.7, 0.7, 0.0))
     assert labels.tolist() == [4, 4, 0, 0]
     torch.testing.assert_close(out_boxes, boxes[[0, 3, 1, 2]])
     torch.testing.assert_close(targets[:2], gt.expand(2, 4))
     torch.testing.assert_close(targets[2:], out_boxes[2:])  # background: the box itself
-    _, labels, _ = label_boxes(boxes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+    _, labels, _ = label_rois(boxes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
                                matcher=Matcher(0.6, 0.6, 0.0))
     assert labels.tolist() == [0, 0, 0, 0]
 

@@ -11,8 +11,9 @@ stage, x3 at the third, as in the paper). The RoI pooling is shared.
   * :func:`refine_boxes`: one box per RoI from class-specific deltas: the RoI's labelled class
     while training (its gt class, or the most likely object class for background RoIs), the
     most likely object class at test time; clipped to the image;
-  * :func:`label_boxes`: every refined box labelled against the gt boxes (no sampling: the
-    stage trains on all the RoIs the first stage sampled);
+  * the refined boxes are labelled against the gt boxes with the stage's matcher by
+    :func:`~fasterrcnn.modeling.roi_heads.label_rois` (no sampling: the stage trains on all
+    the RoIs the first stage sampled; its matcher ignores nothing);
   * :class:`RefineStage`: the parts of one later stage, given to
     :class:`~fasterrcnn.modeling.roi_heads.RoIHeads` as ``stages``.
 
@@ -26,7 +27,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou, clip_boxes_to_image
+from torchvision.ops import clip_boxes_to_image
 
 from .box_coding import BoxCoder
 from .matching import Matcher
@@ -54,27 +55,6 @@ def refine_boxes(
     if image_sizes is None:
         return list(boxes)
     return [clip_boxes_to_image(b, tuple(size)) for b, size in zip(boxes, image_sizes)]
-
-
-def label_boxes(
-    boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *, matcher: Matcher
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(boxes [B, 4], labels [B] 0..K, matched gt boxes [B, 4]) of one image: every box kept
-    (ignored ones become background), foreground first, as
-    :func:`~fasterrcnn.modeling.roi_heads.sample_rois` returns them."""
-    if len(gt_boxes):
-        matched = matcher(box_iou(gt_boxes.to(boxes.dtype), boxes))
-    else:
-        matched = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
-    fg = matched >= 0
-    order = (~fg).to(torch.int8).argsort(stable=True)
-    boxes, matched, fg = boxes[order], matched[order], fg[order]
-    labels = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
-    targets = boxes.clone()
-    if fg.any():
-        labels[fg] = gt_labels[matched[fg]]
-        targets[fg] = gt_boxes[matched[fg]].to(boxes.dtype)
-    return boxes, labels, targets
 
 
 class RefineStage(nn.Module):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
 from .box_coding import BoxCoder
-from .cascade import RefineStage, label_boxes, most_likely_classes, refine_boxes
+from .cascade import RefineStage, most_likely_classes, refine_boxes
 from .losses import box_balanced_example_weights, detection_losses, example_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import class_boxes, select_detections
@@ -302,7 +302,7 @@ class RoIHeads(nn.Module):
             boxes = refine_boxes(box_deltas.detach(), [r for r, _, _ in sampled], classes, image_sizes,
                                  coder=coder)
             coder = stage.coder
-            sampled = [label_boxes(b, g, lab, matcher=stage.matcher)
+            sampled = [label_rois(b, g, lab, matcher=stage.matcher)
                        for b, g, lab in zip(boxes, gt_boxes, gt_labels)]
             class_logits, box_deltas = stage(self.pooler(features, [b for b, _, _ in sampled]))
             losses.update(self._stage_losses(class_logits, box_deltas, sampled, stage.coder,
