@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from fasterrcnn.modeling.roi_heads import RoIPooler
+from fasterrcnn.modeling.pooler import RoIPooler
 from fasterrcnn.modeling.sparse_roi_align import roi_align_matrix, sparse_roi_align, transpose_csr
 
 

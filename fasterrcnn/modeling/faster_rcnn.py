@@ -31,7 +31,8 @@ from .box_coding import BoxCoder
 from .cascade import RefineStage
 from .quality import IoUPredictor
 from .matching import Matcher
-from .roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler
+from .pooler import RoIPooler
+from .roi_heads import BoxHead, BoxPredictor, RoIHeads
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
 from .transform import ImageBatch, InputTransform, hflip_boxes, scale_boxes
