@@ -77,6 +77,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "roi-fg05": {"model.roi_head.positive_fraction": 0.5},
     "ratios5": {"model.anchors.aspect_ratios": [0.33, 0.5, 1.0, 2.0, 3.0]},
     "width40-iters2400": {"model.backbone.width": 40, **_steps(2400)},
+    "dihedral": {"train.vflip_prob": 0.5, "train.transpose_prob": 0.5},
+    "dihedral-i3300": {"train.vflip_prob": 0.5, "train.transpose_prob": 0.5, **_steps(3300)},
     "stride4": {"model.backbone.stride": 4},
     "stride4-rpn32": {"model.backbone.stride": 4, "model.rpn.conv_channels": 32},
     "input352": {"model.input.min_size_train": [352], "model.input.max_size_train": 576,

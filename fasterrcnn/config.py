@@ -155,11 +155,15 @@ class InputConfig:
 class TestAugConfig:
     """Test-time augmentation (off by default, as in the paper): every image is run at each
     shorter side in ``min_sizes`` (the longer side capped in proportion to ``input.max_size_test``)
-    and, with ``hflip``, mirrored too; the candidates of all views are pooled before the detector's
-    NMS."""
+    and, with ``hflip``, mirrored too (``vflip``: upside down; ``transpose``: x and y swapped; all
+    combinations asked for are run); the candidates of all views are pooled before the detector's
+    NMS. Turn on ``vflip`` / ``transpose`` only for data whose objects look the same that way up
+    (aerial, microscopy, the built-in shapes)."""
 
     min_sizes: tuple[int, ...] = ()  # empty: input.min_size_test only
     hflip: bool = False
+    vflip: bool = False
+    transpose: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -195,6 +199,11 @@ class TrainConfig:
     warmup_iters: int = 0
     warmup_factor: float = 1.0 / 3.0
     hflip_prob: float = 0.5
+    # upside-down flips and transposes (x and y swapped; decided per batch, so that the batch's
+    # images keep one aspect), for data that has no "up" (aerial, microscopy, the built-in
+    # shapes). 0 = off (the paper)
+    vflip_prob: float = 0.0
+    transpose_prob: float = 0.0
     grad_clip_norm: float | None = None
     checkpoint_period: int = 5000
     eval_period: int = 0  # 0 = only at the end

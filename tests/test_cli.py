@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from fasterrcnn.cli import main
+from fasterrcnn.config import ConfigError
 from fasterrcnn.data.export import export_voc
 from fasterrcnn.data.shapes import ShapesDataset
 
@@ -81,6 +82,11 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
     assert model.views == () and model.roi_heads.vote_iou == 0.0
     apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300", tta_flip=False, box_vote=None))
     assert [(v.min_size, v.hflip) for v in model.views] == [(300, False)]
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300", tta_vflip=True, tta_transpose=True))
+    assert [(v.transpose, v.vflip, v.hflip) for v in model.views] == [
+        (False, False, False), (False, True, False), (True, False, False), (True, True, False)]
+    with pytest.raises(ConfigError, match="--no-tta cannot"):
+        apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_transpose=True))
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
                  "--tta-sizes", "256,big", "--out", str(out), "--no-progress"]) != 0
     assert "--tta-sizes expects integers" in capsys.readouterr().err

@@ -66,6 +66,40 @@ def test_training_set_flip_is_consistent_and_seeded() -> None:
     assert not any(never[SampleKey(0, s)][1]["hflip"] for s in range(10))
 
 
+def test_training_set_vflip_and_transpose() -> None:
+    """Up-down flips per image, transposes per batch (one aspect per batch); boxes follow."""
+    ds = ToyDataset(4)
+    ts = TrainingSet(ds, hflip_prob=0.5, include_difficult=False, vflip_prob=0.5, transpose_prob=0.5)
+    seen = set()
+    for seed in range(40):
+        for index in (0, 1):
+            raw, _ = ds[index]
+            img, t = ts[SampleKey(index, seed, batch_seed=1000 + seed)]
+            expected = raw.transpose(-1, -2) if t["transpose"] else raw
+            expected = expected.flip(-1) if t["hflip"] else expected
+            expected = expected.flip(-2) if t["vflip"] else expected
+            assert torch.equal(img, expected.float() / 255)
+            x1, y1, x2, y2 = t["boxes"][0].int().tolist()
+            inside = img[:, y1:y2, x1:x2]
+            assert torch.allclose(inside, inside[:, :1, :1].expand_as(inside))  # on the rectangle
+            assert t["size"] == tuple(img.shape[-2:])
+            seen.add((t["transpose"], t["hflip"], t["vflip"]))
+        # both images of one batch seed share the transpose
+        assert ts[SampleKey(0, seed, seed)][1]["transpose"] == ts[SampleKey(1, seed + 1, seed)][1]["transpose"]
+    assert len(seen) == 8  # every orientation occurs
+    plain = TrainingSet(ds, hflip_prob=0.5, include_difficult=False)
+    for seed in range(10):  # the hflip draw is the same with or without the other options
+        assert plain[SampleKey(0, seed)][1]["hflip"] == ts[SampleKey(0, seed)][1]["hflip"]
+        assert not plain[SampleKey(0, seed)][1]["transpose"]
+
+
+def test_sample_keys_share_a_batch_seed() -> None:
+    sampler = GroupedBatchSampler(np.zeros(8, np.int64), 4, seed=3)
+    first, second = take(sampler, 2)
+    assert len({k.batch_seed for k in first}) == 1 and len({k.seed for k in first}) == 4
+    assert first[0].batch_seed != second[0].batch_seed
+
+
 def test_epoch_batches_grouped_complete_and_deterministic() -> None:
     groups = np.array([0, 1] * 5 + [0, 0, 0])  # 8 landscape, 5 portrait
     b1 = epoch_batches(groups, 3, seed=1, epoch=0)

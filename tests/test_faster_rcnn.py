@@ -147,6 +147,26 @@ def test_test_time_views():
     _det_close(model.predict([img], proposals=props)[0], fixed)
 
 
+def test_oriented_views_invert_their_orientation():
+    """A transposed / upside-down view is the oriented prediction of the oriented image."""
+    torch.manual_seed(0)
+    model = build_model(override(preset("tiny-shapes"), TINY).model)
+    img = torch.rand(3, 48, 64)
+    for view in (InferenceView(96, 128, transpose=True), InferenceView(96, 128, vflip=True),
+                 InferenceView(96, 128, hflip=True, vflip=True, transpose=True)):
+        o = view.orientation
+        model.views = (view,)
+        got = model.predict([img])[0]
+        model.views = ()
+        ref = model.predict([o.image(img)])[0]
+        assert len(ref["boxes"]) > 0
+        _det_close(got, dict(ref, boxes=o.inverse_boxes(ref["boxes"], (48, 64))))
+    views = inference_views((96,), True, 96, 128, vflip=True, transpose=True)
+    assert [(v.transpose, v.vflip, v.hflip) for v in views] == [
+        (t, v, h) for t in (False, True) for v in (False, True) for h in (False, True)
+    ]
+
+
 def test_test_aug_config_builds_views():
     cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.min_sizes": ["80", 96],
                                             "model.test_aug.hflip": "true", "model.roi_head.vote_iou": 0.6})
@@ -156,6 +176,8 @@ def test_test_aug_config_builds_views():
     ]
     assert model.roi_heads.vote_iou == 0.6
     assert build_model(override(preset("tiny-shapes"), TINY).model).views == ()
+    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.transpose": True})
+    assert [(v.min_size, v.transpose) for v in build_model(cfg.model).views] == [(96, False), (96, True)]
 
 
 def test_head_options_build_and_train_a_step():

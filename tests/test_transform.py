@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from fasterrcnn.modeling.transform import InputTransform, pad_batch, resize_scale, resized_size, scale_boxes
+from fasterrcnn.modeling.transform import (
+    InputTransform, Orientation, pad_batch, resize_scale, resized_size, scale_boxes, transpose_boxes,
+    vflip_boxes,
+)
 
 
 def test_resize_scale_paper_rule():
@@ -33,3 +36,31 @@ def test_transform_sizes_and_errors():
         t([torch.zeros(3, 4, 4, dtype=torch.uint8)], training=False)
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         t([torch.rand(4, 4)], training=False)
+
+
+ORIENTATIONS = [Orientation(t, h, v) for t in (False, True) for h in (False, True) for v in (False, True)]
+
+
+def test_flip_and_transpose_boxes_exact() -> None:
+    boxes = torch.tensor([[10.0, 5, 30, 25]])
+    assert vflip_boxes(boxes, 40).tolist() == [[10.0, 15, 30, 35]]
+    assert transpose_boxes(boxes).tolist() == [[5.0, 10, 25, 30]]
+    # H 40, W 100: transposed the image is 100 x 40; mirrored there, x' = 40 - y
+    o = Orientation(transpose=True, hflip=True)
+    assert o.size((40, 100)) == (100, 40)
+    assert o.boxes(boxes, (40, 100)).tolist() == [[15.0, 10, 35, 30]]
+
+
+@pytest.mark.parametrize("o", ORIENTATIONS)
+def test_orientation_moves_boxes_with_the_pixels(o: Orientation) -> None:
+    """A box drawn on an image lands where the oriented image has it; inverse_boxes undoes it."""
+    h, w = 30, 50
+    image = torch.zeros(1, h, w)
+    box = torch.tensor([[7.0, 3, 19, 11]])  # x1, y1, x2, y2
+    image[:, 3:11, 7:19] = 1.0
+    out = o.image(image)
+    assert tuple(out.shape[-2:]) == o.size((h, w))
+    x1, y1, x2, y2 = o.boxes(box, (h, w))[0].int().tolist()
+    assert out[:, y1:y2, x1:x2].sum() == out.sum() == (y2 - y1) * (x2 - x1)  # exactly the box's pixels
+    torch.testing.assert_close(o.inverse_boxes(o.boxes(box, (h, w)), (h, w)), box)
+    assert o.identity == (o == Orientation())

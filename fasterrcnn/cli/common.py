@@ -127,17 +127,21 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
 
 
 def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
-    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` and ``--box-vote`` on a loaded model."""
+    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose`` and
+    ``--box-vote`` on a loaded model."""
     from ..modeling.faster_rcnn import inference_views
 
     sizes_text = getattr(args, "tta_sizes", None)
     flip = bool(getattr(args, "tta_flip", False))
+    vflip = bool(getattr(args, "tta_vflip", False))
+    transpose = bool(getattr(args, "tta_transpose", False))
+    views_given = sizes_text is not None or flip or vflip or transpose
     if getattr(args, "no_tta", False):
-        if sizes_text is not None or flip:
-            raise ConfigError("--no-tta cannot be combined with --tta-sizes or --tta-flip")
+        if views_given:
+            raise ConfigError("--no-tta cannot be combined with --tta-sizes or --tta-flip/-vflip/-transpose")
         model.views = ()
         model.roi_heads.vote_iou = 0.0
-    if sizes_text is not None or flip:
+    if views_given:
         try:
             sizes = tuple(int(s) for s in (sizes_text or "").split(",") if s.strip())
         except ValueError:
@@ -145,7 +149,8 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
         if any(s <= 0 for s in sizes):
             raise ConfigError(f"--tta-sizes must be positive, got {sizes_text!r}")
         i = cfg.model.input  # the flags replace the config's views: sizes default to the test scale
-        model.views = inference_views(sizes, flip, i.min_size_test, i.max_size_test)
+        model.views = inference_views(sizes, flip, i.min_size_test, i.max_size_test,
+                                      vflip=vflip, transpose=transpose)
     vote = getattr(args, "box_vote", None)
     if vote is not None:
         if not 0.0 <= vote <= 1.0:

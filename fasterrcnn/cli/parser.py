@@ -27,11 +27,18 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring tiles (pixels)")
     p.add_argument("--tta-sizes", default=None, metavar="N1,N2,...",
                    help="test-time augmentation: run each image at these shorter sides (longer side "
-                        "capped in proportion) and pool the candidates before NMS. With --tta-flip "
-                        "these two flags replace the checkpoint's model.test_aug views")
+                        "capped in proportion) and pool the candidates before NMS. With --tta-flip, "
+                        "--tta-vflip and --tta-transpose these flags replace the checkpoint's "
+                        "model.test_aug views")
     p.add_argument("--tta-flip", action="store_true",
                    help="test-time augmentation: also run every scale (default: the test scale) on "
                         "the mirrored image")
+    p.add_argument("--tta-vflip", action="store_true",
+                   help="test-time augmentation: also run the views upside down (for data with no "
+                        "'up': aerial, microscopy, the built-in shapes)")
+    p.add_argument("--tta-transpose", action="store_true",
+                   help="test-time augmentation: also run the views transposed (x and y swapped; "
+                        "with --tta-flip and --tta-vflip: all eight flips and quarter turns)")
     p.add_argument("--no-tta", action="store_true",
                    help="one plain view at the test scale and no box voting, whatever the "
                         "checkpoint's config says (the paper's test procedure)")

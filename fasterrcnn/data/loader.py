@@ -17,7 +17,9 @@ The stream of batches is a pure function of ``(seed, dataset geometry, global ba
   ranks see together;
 * augmentation randomness comes from a seed derived from ``(seed, epoch, sample position in
   the epoch)`` carried with each index (:class:`SampleKey`), never from a global RNG, so the
-  pixels and boxes of a batch do not depend on worker processes, ranks or resumption.
+  pixels and boxes of a batch do not depend on worker processes, ranks or resumption. The
+  transpose (which swaps an image's aspect) draws from a seed of the global batch instead, so
+  that a batch's images keep one aspect group.
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
-from ..modeling.transform import hflip_boxes
+from ..modeling.transform import Orientation
 from .dataset import DetectionDataset
 
 LANDSCAPE, PORTRAIT = 0, 1
 
 
 class SampleKey(NamedTuple):
-    """What the batch sampler yields per image: dataset index + its augmentation seed."""
+    """What the batch sampler yields per image: dataset index + its augmentation seed, and the
+    seed of its global batch (for augmentations every image of the batch shares)."""
 
     index: int
     seed: int
+    batch_seed: int = 0
 
 
 def derive_seed(*parts: int) -> int:
@@ -92,9 +96,11 @@ def epoch_batches(groups: np.ndarray, batch_size: int, seed: int, epoch: int) ->
 
 def sample_keys(batch: Sequence[int], seed: int, epoch: int, position: int) -> list[SampleKey]:
     """Keys of global batch number ``position`` of ``epoch``: each image's augmentation seed
-    is derived from ``(seed, epoch, its sample position in the epoch)``."""
+    is derived from ``(seed, epoch, its sample position in the epoch)``, the batch's from
+    ``(seed, epoch, position)``."""
     start = position * len(batch)
-    return [SampleKey(int(idx), derive_seed(seed, epoch, start + j)) for j, idx in enumerate(batch)]
+    shared = derive_seed(seed, epoch, position, 0xBA7C)
+    return [SampleKey(int(idx), derive_seed(seed, epoch, start + j), shared) for j, idx in enumerate(batch)]
 
 
 def batches_per_epoch(groups: np.ndarray, batch_size: int) -> int:
@@ -164,7 +170,15 @@ class GroupedBatchSampler(Sampler[list[SampleKey]]):
 
 def flip_target(target: dict[str, Any], width: int) -> dict[str, Any]:
     """Horizontally mirror the boxes of a target: ``x1' = W - x2``, ``x2' = W - x1``."""
-    return dict(target, boxes=hflip_boxes(target["boxes"], width))
+    return orient_target(target, Orientation(hflip=True), (0, width))
+
+
+def orient_target(target: dict[str, Any], orientation: Orientation, size: tuple[int, int]) -> dict[str, Any]:
+    """The target's boxes (and ``size``, if it has one) for its image of ``size`` (H, W) oriented."""
+    out = dict(target, boxes=orientation.boxes(target["boxes"], size))
+    if "size" in target:
+        out["size"] = orientation.size(tuple(target["size"]))
+    return out
 
 
 def prepare_target(target: dict[str, Any], include_difficult: bool) -> dict[str, Any]:
@@ -191,28 +205,43 @@ class TrainingSet:
     """Map-style view of a detection dataset for training, indexed by :class:`SampleKey`.
 
     Returns ``(float image [3, H, W] in 0..1, target {"boxes", "labels", "image_id", ...})``
-    with the flip decided by the key's seed.
+    with the flips decided by the key's seed and the transpose by its batch seed (``target``
+    records them: ``hflip``, ``vflip``, ``transpose``).
     """
 
-    def __init__(self, dataset: DetectionDataset, hflip_prob: float, include_difficult: bool) -> None:
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        hflip_prob: float,
+        include_difficult: bool,
+        *,
+        vflip_prob: float = 0.0,
+        transpose_prob: float = 0.0,
+    ) -> None:
         self.dataset = dataset
         self.hflip_prob = float(hflip_prob)
+        self.vflip_prob = float(vflip_prob)
+        self.transpose_prob = float(transpose_prob)
         self.include_difficult = bool(include_difficult)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: SampleKey | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
-        index, seed = key
-        image, target = self.dataset[int(index)]
+        key = SampleKey(*key)
+        image, target = self.dataset[int(key.index)]
         target = prepare_target(target, self.include_difficult)
-        rng = np.random.Generator(np.random.PCG64(int(seed)))
-        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            image = image.flip(-1)
-            target = flip_target(target, int(image.shape[-1]))
-            target["hflip"] = True
-        else:
-            target["hflip"] = False
+        rng = np.random.Generator(np.random.PCG64(int(key.seed)))
+        hflip = self.hflip_prob > 0 and rng.random() < self.hflip_prob
+        vflip = self.vflip_prob > 0 and rng.random() < self.vflip_prob
+        shared = np.random.Generator(np.random.PCG64(int(key.batch_seed)))
+        transpose = self.transpose_prob > 0 and shared.random() < self.transpose_prob
+        orientation = Orientation(transpose=transpose, hflip=hflip, vflip=vflip)
+        if not orientation.identity:
+            size = (int(image.shape[-2]), int(image.shape[-1]))
+            image = orientation.image(image)
+            target = orient_target(target, orientation, size)
+        target.update(hflip=hflip, vflip=vflip, transpose=transpose)
         if image.dtype == torch.uint8:
             image = image.float().div_(255.0)
         else:
@@ -273,7 +302,8 @@ def build_train_loader(
     generator = torch.Generator()
     generator.manual_seed(derive_seed(train.seed, rank, 0xDA7A))
     loader = DataLoader(
-        TrainingSet(dataset, train.hflip_prob, train.include_difficult),  # type: ignore[arg-type]
+        TrainingSet(dataset, train.hflip_prob, train.include_difficult,  # type: ignore[arg-type]
+                    vflip_prob=train.vflip_prob, transpose_prob=train.transpose_prob),
         batch_sampler=sampler,
         num_workers=train.num_workers,
         collate_fn=collate,

@@ -107,8 +107,9 @@ def _validate(cfg: Config, classes: Sequence[str]) -> None:
         raise ConfigError(f"train.max_iter must be >= 0, got {t.max_iter}")
     if t.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
-    if not 0.0 <= t.hflip_prob <= 1.0:
-        raise ConfigError(f"train.hflip_prob must be in [0, 1], got {t.hflip_prob}")
+    for name in ("hflip_prob", "vflip_prob", "transpose_prob"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(t, name)}")
     if t.lr <= 0 or not math.isfinite(t.lr):
         raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
     if t.num_workers < 0:

@@ -8,8 +8,8 @@ Entry points (no hidden train/eval switch):
   * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
     pixels, ``labels`` [D] (1..K), ``scores`` [D]; runs in inference mode (BN/dropout in eval);
   * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
-Test-time augmentation (``model.views``, off by default): ``predict`` runs every view (a scale,
-mirrored or not), maps each view's per-class candidate boxes back to the image and pools them
+Test-time augmentation (``model.views``, off by default): ``predict`` runs every view (a scale and
+an orientation: mirrored, upside down, transposed or plain), maps each view's per-class candidate boxes back to the image and pools them
 before the detector's NMS.
 ``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
 [G, 4] and ``labels`` [G].
@@ -35,27 +35,44 @@ from .pooler import RoIPooler
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
-from .transform import ImageBatch, InputTransform, hflip_boxes, scale_boxes
+from .transform import ImageBatch, InputTransform, Orientation, scale_boxes
 
 STAGES = ("rpn", "roi")
 
 
 @dataclass(frozen=True)
 class InferenceView:
-    """One test-time view: the shorter side / longer-side cap to rescale to, and a mirror."""
+    """One test-time view: the shorter side / longer-side cap to rescale to, and an orientation
+    (mirrors and a transpose, see :class:`~.transform.Orientation`)."""
 
     min_size: int
     max_size: int
     hflip: bool = False
+    vflip: bool = False
+    transpose: bool = False
+
+    @property
+    def orientation(self) -> Orientation:
+        return Orientation(transpose=self.transpose, hflip=self.hflip, vflip=self.vflip)
 
 
-def inference_views(min_sizes: Sequence[int], hflip: bool, min_size_test: int, max_size_test: int) -> tuple[InferenceView, ...]:
+def inference_views(
+    min_sizes: Sequence[int],
+    hflip: bool,
+    min_size_test: int,
+    max_size_test: int,
+    *,
+    vflip: bool = False,
+    transpose: bool = False,
+) -> tuple[InferenceView, ...]:
     """The views of a TestAugConfig: each shorter side (default: ``min_size_test``), its longer
-    side capped in proportion (``max_size_test / min_size_test``), plain then mirrored."""
+    side capped in proportion (``max_size_test / min_size_test``), and every combination of the
+    orientations asked for (plain first; then mirrored, flipped upside down, transposed)."""
     sizes = tuple(min_sizes) or (min_size_test,)
-    flips = (False, True) if hflip else (False,)
+    options = lambda on: (False, True) if on else (False,)  # noqa: E731
     return tuple(
-        InferenceView(int(s), int(round(s * max_size_test / min_size_test)), f) for s in sizes for f in flips
+        InferenceView(int(s), int(round(s * max_size_test / min_size_test)), h, v, t)
+        for s in sizes for t in options(transpose) for v in options(vflip) for h in options(hflip)
     )
 
 
@@ -143,8 +160,8 @@ class FasterRCNN(nn.Module):
         boxes: list[list[Tensor]] = [[] for _ in images]
         with inference_mode(self):
             for view in views:
-                flip = view is not None and view.hflip
-                inputs = [im.flip(-1) for im in images] if flip else images
+                orient = Orientation() if view is None else view.orientation
+                inputs = images if orient.identity else [orient.image(im) for im in images]
                 size = None if view is None else (view.min_size, view.max_size)
                 batch = self.transform(inputs, training=False, size=size)
                 features = self.backbone(batch.tensor)
@@ -157,7 +174,9 @@ class FasterRCNN(nn.Module):
                     zip(candidates, batch.image_sizes, batch.original_sizes)
                 ):
                     b = scale_boxes(b.reshape(-1, 4), size_in, orig).view(b.shape)
-                    boxes[i].append(hflip_boxes(b, orig[1]) if flip else b)
+                    if not orient.identity:
+                        b = orient.inverse_boxes(b, orient.size(orig))
+                    boxes[i].append(b)
                     scores[i].append(s)
             return [self.roi_heads.select(torch.cat(s), torch.cat(b)) for s, b in zip(scores, boxes)]
 
@@ -287,6 +306,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         size_divisible=i.size_divisible,
     )
     aug = cfg.test_aug
-    views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test) if (
-        aug.min_sizes or aug.hflip) else ()
+    views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test,
+                            vflip=aug.vflip, transpose=aug.transpose) if (
+        aug.min_sizes or aug.hflip or aug.vflip or aug.transpose) else ()
     return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views)

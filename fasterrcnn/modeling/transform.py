@@ -44,6 +44,70 @@ def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
     return torch.stack((width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]), dim=-1)
 
 
+def vflip_boxes(boxes: Tensor, height: int) -> Tensor:
+    """Boxes [..., 4] xyxy mirrored about the horizontal axis of an image ``height`` pixels high:
+    ``y1' = H - y2``, ``y2' = H - y1``."""
+    return torch.stack((boxes[..., 0], height - boxes[..., 3], boxes[..., 2], height - boxes[..., 1]), dim=-1)
+
+
+def transpose_boxes(boxes: Tensor) -> Tensor:
+    """Boxes [..., 4] xyxy of the transposed image (x and y swapped)."""
+    return boxes[..., [1, 0, 3, 2]]
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """One of the eight flips and quarter turns of an image: first ``transpose`` (swap x and y),
+    then ``hflip`` (mirror left-right), then ``vflip`` (mirror top-bottom).
+
+    ``size`` arguments are always the (H, W) of the image *before* the orientation is applied.
+    """
+
+    transpose: bool = False
+    hflip: bool = False
+    vflip: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return not (self.transpose or self.hflip or self.vflip)
+
+    def size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the oriented image."""
+        return (size[1], size[0]) if self.transpose else (size[0], size[1])
+
+    def image(self, image: Tensor) -> Tensor:
+        """The oriented image [..., H', W'] of ``image`` [..., H, W]."""
+        if self.transpose:
+            image = image.transpose(-1, -2)
+        if self.hflip:
+            image = image.flip(-1)
+        if self.vflip:
+            image = image.flip(-2)
+        return image
+
+    def boxes(self, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+        """Boxes [..., 4] of the image of ``size`` (H, W) in the oriented image's pixels."""
+        h, w = self.size(size)
+        if self.transpose:
+            boxes = transpose_boxes(boxes)
+        if self.hflip:
+            boxes = hflip_boxes(boxes, w)
+        if self.vflip:
+            boxes = vflip_boxes(boxes, h)
+        return boxes
+
+    def inverse_boxes(self, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+        """Boxes [..., 4] of the oriented image back in the pixels of the image of ``size``."""
+        h, w = self.size(size)
+        if self.vflip:
+            boxes = vflip_boxes(boxes, h)
+        if self.hflip:
+            boxes = hflip_boxes(boxes, w)
+        if self.transpose:
+            boxes = transpose_boxes(boxes)
+        return boxes
+
+
 @dataclass
 class ImageBatch:
     tensor: Tensor  # [N, 3, Hp, Wp], normalised, zero-padded
