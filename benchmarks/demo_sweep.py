@@ -79,6 +79,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "width40-iters2400": {"model.backbone.width": 40, **_steps(2400)},
     "dihedral": {"train.vflip_prob": 0.5, "train.transpose_prob": 0.5},
     "dihedral-i3300": {"train.vflip_prob": 0.5, "train.transpose_prob": 0.5, **_steps(3300)},
+    "i2400": _steps(2400),
+    "i2100": _steps(2100),
     "stride4": {"model.backbone.stride": 4},
     "stride4-rpn32": {"model.backbone.stride": 4, "model.rpn.conv_channels": 32},
     "input352": {"model.input.min_size_train": [352], "model.input.max_size_train": 576,

@@ -164,6 +164,10 @@ class TestAugConfig:
     hflip: bool = False
     vflip: bool = False
     transpose: bool = False
+    # "max": a detection keeps the score of the candidate that won NMS; "agreement": the
+    # geometric mean of that and its mean best score over the views (a box one view alone
+    # finds drops, see postprocess.view_agreement_scores)
+    score_fusion: str = "max"
 
     def __post_init__(self) -> None:
         try:
@@ -172,6 +176,8 @@ class TestAugConfig:
             raise ConfigError(f"test_aug.min_sizes must be integers, got {list(self.min_sizes)}") from None
         if any(s <= 0 for s in sizes):
             raise ConfigError(f"test_aug.min_sizes must be positive, got {list(sizes)}")
+        if self.score_fusion not in ("max", "agreement"):
+            raise ConfigError(f"test_aug.score_fusion must be 'max' or 'agreement', got {self.score_fusion!r}")
         object.__setattr__(self, "min_sizes", sizes)
 
 

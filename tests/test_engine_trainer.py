@@ -140,6 +140,8 @@ def toy_config(**train: Any) -> Config:
         "train.log_period": 2,
         "train.num_workers": 0,
         "train.grad_clip_norm": None,
+        "train.vflip_prob": 0.0,  # the preset's upside-down flips and transposes: off for the toy
+        "train.transpose_prob": 0.0,
     }
     values.update({f"train.{k}": v for k, v in train.items()})
     return override(cfg, values)

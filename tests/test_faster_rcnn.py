@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from fasterrcnn.config import override, preset
+from fasterrcnn.config import ConfigError, override, preset
 from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, inference_views
 from fasterrcnn.modeling.transform import hflip_boxes
 
@@ -23,6 +23,8 @@ TINY = {
     # one plain view at test time (the preset pools three scales and mirrors)
     "model.test_aug.min_sizes": [],
     "model.test_aug.hflip": False,
+    "model.test_aug.vflip": False,
+    "model.test_aug.transpose": False,
     "model.roi_head.vote_iou": 0.0,
 }
 
@@ -165,6 +167,29 @@ def test_oriented_views_invert_their_orientation():
     assert [(v.transpose, v.vflip, v.hflip) for v in views] == [
         (t, v, h) for t in (False, True) for v in (False, True) for h in (False, True)
     ]
+
+
+def test_agreement_fusion_rescores_the_same_detections():
+    torch.manual_seed(0)
+    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.hflip": True,
+                                           "model.test_aug.score_fusion": "agreement"})
+    model = build_model(cfg.model)
+    assert model.score_fusion == "agreement" and len(model.views) == 2
+    img = torch.rand(3, 48, 64)
+    agreed = model.predict([img])[0]
+    model.score_fusion = "max"
+    best = model.predict([img])[0]
+    assert len(best["boxes"]) > 0
+    key = lambda d: sorted(zip(d["labels"].tolist(), d["boxes"].round(decimals=3).tolist()))  # noqa: E731
+    assert key(agreed) == key(best) and not torch.equal(agreed["scores"], best["scores"])
+    assert torch.all(agreed["scores"][:-1] >= agreed["scores"][1:])
+    model.views, model.score_fusion = (InferenceView(96, 128),), "agreement"  # one view: as "max"
+    model2 = build_model(cfg.model)
+    model2.load_state_dict(model.state_dict())
+    model2.views, model2.score_fusion = (InferenceView(96, 128),), "max"
+    _det_close(model.predict([img])[0], model2.predict([img])[0])
+    with pytest.raises(ConfigError, match="score_fusion"):
+        override(preset("tiny-shapes"), {"model.test_aug.score_fusion": "mean"})
 
 
 def test_test_aug_config_builds_views():

@@ -1,7 +1,11 @@
+import math
+
 import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.postprocess import box_voting, class_boxes, detect, select_detections
+from fasterrcnn.modeling.postprocess import (
+    box_voting, class_boxes, detect, select_detections, view_agreement_scores,
+)
 
 
 def test_class_boxes_drop_background_and_clip():
@@ -57,3 +61,22 @@ def test_detect_is_class_boxes_then_select():
     assert len(out["boxes"]) == 5
     for k in ("boxes", "labels", "scores"):
         torch.testing.assert_close(out[k], ref[k])
+
+
+def test_view_agreement_scores_hand_computed():
+    a, b, a2 = [0.0, 0, 10, 10], [20.0, 20, 30, 30], [1.0, 0, 11, 10]  # IoU(a, a2) = 90 / 110
+    dets = {"boxes": torch.tensor([b, a]), "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.8, 0.7])}
+    scores = torch.tensor([[0.7, 0.0], [0.0, 0.8], [0.6, 0.3]])  # [M, K]: rows from views 0, 0, 1
+    boxes = torch.tensor([[a, a], [b, b], [a2, a2]])  # [M, K, 4]
+    views = torch.tensor([0, 0, 1])
+    out = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05)
+    # a: sqrt(0.7 * (0.7 + 0.6) / 2); b: view 1 has only a class-1 box near a -> sqrt(0.8 * 0.4)
+    torch.testing.assert_close(out["scores"], torch.tensor([math.sqrt(0.7 * 0.65), math.sqrt(0.32)]))
+    assert out["labels"].tolist() == [1, 2] and out["boxes"].tolist() == [a, b]  # re-ranked
+    # below the score threshold a candidate gives no support
+    low = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.65)
+    torch.testing.assert_close(low["scores"], torch.tensor([math.sqrt(0.32), math.sqrt(0.7 * 0.35)]))
+    # one view, or nothing detected: unchanged
+    assert view_agreement_scores(dets, scores, boxes, views, 1, score_thresh=0.05) is dets
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
+    assert view_agreement_scores(empty, scores, boxes, views, 2, score_thresh=0.05) is empty

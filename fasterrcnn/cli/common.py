@@ -127,8 +127,8 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
 
 
 def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
-    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose`` and
-    ``--box-vote`` on a loaded model."""
+    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose``,
+    ``--tta-fusion`` and ``--box-vote`` on a loaded model."""
     from ..modeling.faster_rcnn import inference_views
 
     sizes_text = getattr(args, "tta_sizes", None)
@@ -151,6 +151,9 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
         i = cfg.model.input  # the flags replace the config's views: sizes default to the test scale
         model.views = inference_views(sizes, flip, i.min_size_test, i.max_size_test,
                                       vflip=vflip, transpose=transpose)
+    fusion = getattr(args, "tta_fusion", None)
+    if fusion is not None:
+        model.score_fusion = fusion
     vote = getattr(args, "box_vote", None)
     if vote is not None:
         if not 0.0 <= vote <= 1.0:

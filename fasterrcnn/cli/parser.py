@@ -39,6 +39,10 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta-transpose", action="store_true",
                    help="test-time augmentation: also run the views transposed (x and y swapped; "
                         "with --tta-flip and --tta-vflip: all eight flips and quarter turns)")
+    p.add_argument("--tta-fusion", choices=("max", "agreement"), default=None,
+                   help="how the views' scores combine: 'max' keeps the score of the box that wins "
+                        "NMS; 'agreement' takes the geometric mean of that and the box's mean best "
+                        "score over the views (default: the checkpoint's model.test_aug.score_fusion)")
     p.add_argument("--no-tta", action="store_true",
                    help="one plain view at the test scale and no box voting, whatever the "
                         "checkpoint's config says (the paper's test procedure)")

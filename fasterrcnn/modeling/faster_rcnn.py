@@ -32,12 +32,14 @@ from .cascade import RefineStage
 from .quality import IoUPredictor
 from .matching import Matcher
 from .pooler import RoIPooler
+from .postprocess import view_agreement_scores
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
 from .transform import ImageBatch, InputTransform, Orientation, scale_boxes
 
 STAGES = ("rpn", "roi")
+SCORE_FUSIONS = ("max", "agreement")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class FasterRCNN(nn.Module):
         *,
         num_classes: int,
         views: Sequence[InferenceView] = (),
+        score_fusion: str = "max",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -106,6 +109,9 @@ class FasterRCNN(nn.Module):
         self.transform = transform
         self.num_classes = num_classes
         self.views = tuple(views)  # test-time augmentation; () = the test scale, not mirrored
+        if score_fusion not in SCORE_FUSIONS:
+            raise ValueError(f"score_fusion must be one of {SCORE_FUSIONS}, got {score_fusion!r}")
+        self.score_fusion = score_fusion  # how the views' scores combine (see TestAugConfig)
 
     # ------------------------------------------------------------------ training
     def loss(
@@ -178,7 +184,15 @@ class FasterRCNN(nn.Module):
                         b = orient.inverse_boxes(b, orient.size(orig))
                     boxes[i].append(b)
                     scores[i].append(s)
-            return [self.roi_heads.select(torch.cat(s), torch.cat(b)) for s, b in zip(scores, boxes)]
+            out = []
+            for s, b in zip(scores, boxes):
+                dets = self.roi_heads.select(torch.cat(s), torch.cat(b))
+                if self.score_fusion == "agreement" and len(s) > 1:
+                    view_ids = torch.cat([torch.full((len(x),), k, device=x.device) for k, x in enumerate(s)])
+                    dets = view_agreement_scores(dets, torch.cat(s), torch.cat(b), view_ids, len(s),
+                                                 score_thresh=self.roi_heads.score_thresh)
+                out.append(dets)
+            return out
 
     def propose(self, images: Sequence[Tensor], *, training_settings: bool = False) -> list[dict[str, Tensor]]:
         """RPN proposals per image (original-image coordinates), best first.
@@ -309,4 +323,5 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test,
                             vflip=aug.vflip, transpose=aug.transpose) if (
         aug.min_sizes or aug.hflip or aug.vflip or aug.transpose) else ()
-    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views)
+    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views,
+                      score_fusion=aug.score_fusion)

@@ -86,6 +86,47 @@ def select_detections(
     return {"boxes": kept, "labels": labels[keep], "scores": scores[keep]}
 
 
+def view_agreement_scores(
+    detections: dict[str, Tensor],
+    scores: Tensor,
+    boxes: Tensor,
+    views: Tensor,
+    num_views: int,
+    *,
+    score_thresh: float,
+    iou_thresh: float = 0.5,
+) -> dict[str, Tensor]:
+    """Detections rescored by how many test-time views agree with them, best first.
+
+    ``scores`` [M, K] and ``boxes`` [M, K, 4] are the pooled candidates of all views (as for
+    :func:`select_detections`), ``views`` [M] the view each came from. Every candidate above
+    ``score_thresh`` is assigned to the detection of its class it overlaps most, if at IoU >=
+    ``iou_thresh``; a detection's support in a view is the best score assigned to it from that
+    view (0 if none), and its new score is the geometric mean of its own score and its mean
+    support over the ``num_views`` views. A box that one view alone scores high drops; one that
+    every view finds keeps its score.
+    """
+    det_boxes, det_labels, det_scores = detections["boxes"], detections["labels"], detections["scores"]
+    if len(det_boxes) == 0 or num_views < 2:
+        return detections
+    num_classes = scores.shape[1]
+    labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
+    view_of = views.repeat_interleave(num_classes)
+    flat_scores, flat_boxes = scores.reshape(-1), boxes.reshape(-1, 4)
+    keep = flat_scores > score_thresh
+    flat_scores, flat_boxes, labels, view_of = flat_scores[keep], flat_boxes[keep], labels[keep], view_of[keep]
+    iou = box_iou(det_boxes, flat_boxes)
+    iou = torch.where(det_labels[:, None] == labels[None, :], iou, torch.zeros((), dtype=iou.dtype))
+    best_iou, owner = iou.max(dim=0)  # the detection each candidate belongs to
+    assigned = best_iou >= iou_thresh
+    support = det_scores.new_zeros(len(det_boxes) * num_views)
+    slot = owner[assigned] * num_views + view_of[assigned]
+    support.scatter_reduce_(0, slot, flat_scores[assigned].to(support.dtype), reduce="amax")
+    new = (det_scores * support.view(-1, num_views).mean(dim=1)).sqrt()
+    order = new.argsort(descending=True)
+    return {"boxes": det_boxes[order], "labels": det_labels[order], "scores": new[order]}
+
+
 def detect(
     class_logits: Tensor,
     box_deltas: Tensor,
