@@ -117,3 +117,14 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, kind: str, workers: in
     # (the record at 9 averages 9 only in the resumed run, 7..9 in the reference)
     assert [r["losses"] for i, r in enumerate(logs[0]) if i != 2] == \
         [r["losses"] for i, r in enumerate(logs[1]) if i != 2]
+
+
+def test_sampler_start_continues_or_approximates() -> None:
+    from fasterrcnn.engine.resume import sampler_start
+
+    assert sampler_start(None, 4, 100) == (0, 0, "")
+    ckpt = {"sampler": {"epoch": 3, "position": 5, "global_batch_size": 4, "num_images": 100}}
+    assert sampler_start(ckpt, 4, 100) == (3, 5, "")
+    epoch, position, note = sampler_start(ckpt, 8, 100)  # 20 images into the epoch = 2.5 batches of 8
+    assert (epoch, position) == (3, 2) and "global batch 4 -> 8" in note and "approximately" in note
+    assert sampler_start(ckpt, 4, 120)[2].startswith("global batch 4 -> 4 or dataset size 100 -> 120")

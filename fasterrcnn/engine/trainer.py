@@ -38,7 +38,8 @@ Making a multi-day run safe:
   supplies the RoI head's proposals (``model.loss(..., proposals=...)``) for every batch.
 
 The pieces of one iteration (optimiser, forward/backward, clipping, frozen BatchNorm) are in
-:mod:`fasterrcnn.engine.step`, the non-finite guard and :class:`TrainingDiverged` in
+:mod:`fasterrcnn.engine.step`, reading and restoring a checkpoint's training state in
+:mod:`fasterrcnn.engine.resume`, the non-finite guard and :class:`TrainingDiverged` in
 :mod:`fasterrcnn.engine.guard`, seeding, the device and deterministic kernels in
 :mod:`fasterrcnn.engine.runtime`; ``TrainingDiverged``, ``build_optimizer``, ``seed_everything``
 and ``resolve_device`` can still be imported from here.
@@ -57,26 +58,20 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError, to_dict
-from ..data.loader import build_train_loader, derive_seed
+from ..data.loader import build_train_loader
 from . import distributed as dist_utils
 from .checkpoint import (
-    FORMAT,
-    VERSION,
-    CheckpointError,
     capture_rng_state,
-    check_compatible,
     export_weights,
-    is_training_checkpoint,
-    load_checkpoint,
     load_state_strict,
     remove_stale_temp_files,
-    resolve_resume,
     restore_rng_state,
     save_checkpoint,
 )
 from .guard import NonFiniteGuard, TrainingDiverged, check_finite_weights  # noqa: F401 (re-export)
 from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
+from .resume import read_resume_checkpoint, restore_optimisation, restore_rng, sampler_start, training_state
 from .runtime import _Determinism, enable_determinism, resolve_device, seed_everything  # noqa: F401
 from .step import (
     ProposalFn,
@@ -203,22 +198,7 @@ def _train(
         remove_stale_temp_files(out_dir)
 
     # ---- checkpoint to resume from (every rank reads it: shared file system)
-    resume_path = resolve_resume(resume, last_path)
-    ckpt: dict[str, Any] | None = None
-    tolerated: list[str] = []
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        if not is_training_checkpoint(ckpt):
-            raise CheckpointError(
-                f"{resume_path}: holds weights only (an export such as model_final.pt), "
-                "not a resumable training checkpoint; resume from last.pt"
-            )
-        tolerated = check_compatible(ckpt, cfg, allow=allow, path=resume_path)
-        if tuple(ckpt["classes"]) != classes:
-            raise CheckpointError(
-                f"{resume_path}: checkpoint classes {tuple(ckpt['classes'])} differ from the "
-                f"dataset's {classes}"
-            )
+    ckpt, resume_path, tolerated = read_resume_checkpoint(resume, last_path, cfg, classes, allow)
 
     # ---- model, optimiser, schedule, scaler (same init on every rank: seeded identically)
     seed_everything(tcfg.seed)
@@ -236,51 +216,20 @@ def _train(
     optimizer = build_optimizer(model, tcfg.momentum, tcfg.weight_decay, tcfg.lr)
     scheduler = StepWarmupScheduler.from_config(optimizer, tcfg, iteration=start_iter)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    if ckpt is not None:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{resume_path}: optimizer state does not fit: {exc}") from None
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
     ema = build_ema(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
-    if ema is not None and ckpt is not None:
-        if not ckpt.get("ema"):
-            raise CheckpointError(f"{resume_path}: train.ema_decay is set but the checkpoint has no EMA weights")
-        load_state_strict(ema, ckpt["ema"], resume_path or "<checkpoint>")
+    if ckpt is not None:
+        restore_optimisation(ckpt, resume_path, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
 
     # ---- data
     global_batch = tcfg.images_per_batch * dinfo.world_size
-    start_epoch, start_position = 0, 0
-    sampler_note = ""
-    if ckpt is not None:
-        s = ckpt["sampler"]
-        start_epoch, start_position = int(s["epoch"]), int(s["position"])
-        if int(s.get("global_batch_size", global_batch)) != global_batch or int(
-            s.get("num_images", len(train_set))
-        ) != len(train_set):
-            old_g = int(s.get("global_batch_size", global_batch))
-            start_position = start_position * old_g // global_batch
-            sampler_note = (
-                f"global batch {old_g} -> {global_batch} or dataset size "
-                f"{s.get('num_images')} -> {len(train_set)} changed since the checkpoint: the data "
-                "order continues approximately, not exactly"
-            )
+    start_epoch, start_position, sampler_note = sampler_start(ckpt, global_batch, len(train_set))
     tl = build_train_loader(
         train_set, tcfg, rank=dinfo.rank, world_size=dinfo.world_size,
         start_epoch=start_epoch, start_position=start_position, pin_memory=dev.type == "cuda",
     )
 
     # ---- RNG: continue exactly, or a per-rank stream for the training randomness
-    if ckpt is not None:
-        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        if dinfo.rank < len(per_rank):
-            restore_rng_state(per_rank[dinfo.rank])
-        else:
-            seed_everything(derive_seed(tcfg.seed, dinfo.rank, start_iter))
-    else:
-        seed_everything(derive_seed(tcfg.seed, dinfo.rank, 0x7EA1))
+    restore_rng(ckpt, tcfg.seed, dinfo.rank, start_iter)
 
     if main and ckpt is not None:
         truncate_log(out_dir / "log.jsonl", start_iter)
@@ -329,24 +278,11 @@ def _train(
         check_finite_weights(model, iteration, tcfg.lr, last_path)
         rngs = dist_utils.all_gather_object(capture_rng_state())
         if main:
-            save_checkpoint(
-                last_path,
-                {
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "config": to_dict(cfg),
-                    "classes": list(classes),
-                    "model": model.state_dict(),
-                    "iteration": iteration,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "sampler": tl.sampler.state_at(iteration - start_iter),
-                    "rng": rngs[0],
-                    "rng_per_rank": rngs if len(rngs) > 1 else None,
-                },
-            )
+            save_checkpoint(last_path, training_state(
+                cfg=cfg, classes=classes, model=model, iteration=iteration, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, ema=ema,
+                sampler=tl.sampler.state_at(iteration - start_iter), rngs=rngs,
+            ))
             logger.info(f"saved checkpoint {last_path} (iteration {iteration})")
         last_saved = iteration
 
