@@ -134,6 +134,20 @@ def test_check_compatible_lists_differences(tmp_path: Path) -> None:
     assert check_compatible(ckpt, toy_config(lr=1.0), allow=["train.lr"]) == ["train.lr: 0.05 -> 1.0"]
 
 
+def test_check_compatible_fills_fields_added_since(tmp_path: Path) -> None:
+    """A checkpoint written before a config field existed resumes: the field takes its default."""
+    ckpt = full_checkpoint()
+    del ckpt["config"]["train"]["vflip_prob"], ckpt["config"]["train"]["transpose_prob"]
+    assert check_compatible(ckpt, toy_config()) == []
+    with pytest.raises(CheckpointError, match="train.transpose_prob"):
+        check_compatible(ckpt, toy_config(transpose_prob=0.5))
+    del ckpt["config"]["model"]["test_aug"]["score_fusion"]  # test-time only: tolerated, reported
+    assert check_compatible(ckpt, toy_config()) == ["model.test_aug.score_fusion: 'max' -> 'agreement'"]
+    ckpt["config"]["train"]["future_field"] = 1  # unknown to this version: compared as written
+    with pytest.raises(CheckpointError, match="train.future_field"):
+        check_compatible(ckpt, toy_config())
+
+
 def test_export_and_strict_loading(tmp_path: Path) -> None:
     model = TinyDetector()
     path = export_weights(tmp_path / "model_final.pt", model=model, cfg=toy_config(), classes=CLASSES)

@@ -48,6 +48,7 @@ RESUME_FREE_KEYS = (
     "train.eval_period",
     "train.max_bad_steps",
     "model.backbone.weights",  # the ImageNet init is irrelevant once weights are in the checkpoint
+    "model.test_aug",  # test-time views and score fusion: no effect on training
 )
 
 
@@ -275,7 +276,12 @@ def check_compatible(
     def tolerated(key: str) -> bool:
         return any(key == f or key.startswith(f + ".") for f in free)
 
-    diffs = config_differences(ckpt["config"], to_dict(cfg))
+    old = ckpt["config"]
+    try:  # fields added since the checkpoint was written take their defaults (the old behaviour)
+        old = to_dict(from_dict(Config, old))
+    except ConfigError:
+        pass  # e.g. a key this version does not know: compare as written, the difference is reported
+    diffs = config_differences(old, to_dict(cfg))
     bad = {k: v for k, v in diffs.items() if not tolerated(k)}
     if bad:
         lines = "\n".join(f"  {k}: checkpoint={old!r}, now={new!r}" for k, (old, new) in bad.items())
