@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fasterrcnn.data.dataset import Annotation, DetectionDataset
+from fasterrcnn.modeling.transform import Orientation
 
 Window = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 
@@ -108,14 +109,8 @@ def random_window(
 def dihedral_boxes(boxes: np.ndarray, height: int, width: int, transpose: bool, vflip: bool) -> np.ndarray:
     """Boxes after transposing (swap x/y) and then flipping vertically an ``height x width``
     image (pure). With the trainer's horizontal flip this spans all 8 right-angle symmetries."""
-    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
-    h = height
-    if transpose:
-        b = b[:, [1, 0, 3, 2]]
-        h = width
-    if vflip:
-        b[:, [1, 3]] = h - b[:, [3, 1]]
-    return b
+    b = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4).copy())
+    return Orientation(transpose=transpose, vflip=vflip).boxes(b, (height, width)).numpy()
 
 
 class RandomCropDataset:
@@ -218,11 +213,7 @@ class RandomCropDataset:
         ann = self.annotation(index)
         window, transpose, vflip = self._plan(index, int(image.shape[-2]), int(image.shape[-1]))
         y0, x0, y1, x1 = window
-        crop = image[:, y0:y1, x0:x1]
-        if transpose:
-            crop = crop.transpose(-1, -2)
-        if vflip:
-            crop = crop.flip(-2)
+        crop = Orientation(transpose=transpose, vflip=vflip).image(image[:, y0:y1, x0:x1])
         out = ann.as_target()
         out["file_name"] = target.get("file_name", ann.file_name)
         out["window"] = window
