@@ -151,6 +151,9 @@ class InputConfig:
     size_divisible: int = 16  # pad batches to a multiple of this
 
 
+SCORE_FUSIONS = ("max", "agreement")  # how test-time views' scores combine (TestAugConfig)
+
+
 @dataclass(frozen=True)
 class TestAugConfig:
     """Test-time augmentation (off by default, as in the paper): every image is run at each
@@ -176,8 +179,8 @@ class TestAugConfig:
             raise ConfigError(f"test_aug.min_sizes must be integers, got {list(self.min_sizes)}") from None
         if any(s <= 0 for s in sizes):
             raise ConfigError(f"test_aug.min_sizes must be positive, got {list(sizes)}")
-        if self.score_fusion not in ("max", "agreement"):
-            raise ConfigError(f"test_aug.score_fusion must be 'max' or 'agreement', got {self.score_fusion!r}")
+        if self.score_fusion not in SCORE_FUSIONS:
+            raise ConfigError(f"test_aug.score_fusion must be one of {SCORE_FUSIONS}, got {self.score_fusion!r}")
         object.__setattr__(self, "min_sizes", sizes)
 
 

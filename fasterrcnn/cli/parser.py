@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import SCORE_FUSIONS
 from ..presets import PRESETS
 from .check_data import cmd_check_data
 from .demo import DEMO_OUT, cmd_demo
@@ -39,7 +40,7 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta-transpose", action="store_true",
                    help="test-time augmentation: also run the views transposed (x and y swapped; "
                         "with --tta-flip and --tta-vflip: all eight flips and quarter turns)")
-    p.add_argument("--tta-fusion", choices=("max", "agreement"), default=None,
+    p.add_argument("--tta-fusion", choices=SCORE_FUSIONS, default=None,
                    help="how the views' scores combine: 'max' keeps the score of the box that wins "
                         "NMS; 'agreement' takes the geometric mean of that and the box's mean best "
                         "score over the views (default: the checkpoint's model.test_aug.score_fusion)")

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import SCORE_FUSIONS, ModelConfig
 from .anchors import AnchorGenerator
 from .backbones import Backbone, build_backbone
 from .box_coding import BoxCoder
@@ -39,7 +39,6 @@ from .sampling import HardExampleMiner, Sampler
 from .transform import ImageBatch, InputTransform, Orientation, scale_boxes
 
 STAGES = ("rpn", "roi")
-SCORE_FUSIONS = ("max", "agreement")
 
 
 @dataclass(frozen=True)
@@ -185,11 +184,12 @@ class FasterRCNN(nn.Module):
                     boxes[i].append(b)
                     scores[i].append(s)
             out = []
-            for s, b in zip(scores, boxes):
-                dets = self.roi_heads.select(torch.cat(s), torch.cat(b))
-                if self.score_fusion == "agreement" and len(s) > 1:
-                    view_ids = torch.cat([torch.full((len(x),), k, device=x.device) for k, x in enumerate(s)])
-                    dets = view_agreement_scores(dets, torch.cat(s), torch.cat(b), view_ids, len(s),
+            for per_view, b in zip(scores, boxes):
+                s, b = torch.cat(per_view), torch.cat(b)
+                dets = self.roi_heads.select(s, b)
+                if self.score_fusion == "agreement" and len(per_view) > 1:
+                    view_ids = torch.cat([torch.full((len(x),), k, device=x.device) for k, x in enumerate(per_view)])
+                    dets = view_agreement_scores(dets, s, b, view_ids, len(per_view),
                                                  score_thresh=self.roi_heads.score_thresh)
                 out.append(dets)
             return out

@@ -60,6 +60,13 @@ def box_voting(
     return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
 
 
+def flatten_candidates(scores: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One row per (candidate, class): scores [M*K], boxes [M*K, 4], labels [M*K] (1..K), from
+    scores [M, K] and boxes [M, K, 4]."""
+    labels = torch.arange(1, scores.shape[1] + 1, device=scores.device).repeat(len(scores))
+    return scores.reshape(-1), boxes.reshape(-1, 4), labels
+
+
 def select_detections(
     scores: Tensor,
     boxes: Tensor,
@@ -72,9 +79,7 @@ def select_detections(
     """{"boxes" [D, 4], "labels" [D] 1..K, "scores" [D]}, best first, from scores [M, K] and
     boxes [M, K, 4]. ``vote_iou`` > 0 turns on :func:`box_voting` over the candidates that passed
     ``score_thresh``."""
-    num_classes = scores.shape[1]
-    labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
-    scores, boxes = scores.reshape(-1), boxes.reshape(-1, 4)
+    scores, boxes, labels = flatten_candidates(scores, boxes)
     keep = (scores > score_thresh) & torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = remove_small_boxes(boxes, 1e-2)
@@ -109,10 +114,8 @@ def view_agreement_scores(
     det_boxes, det_labels, det_scores = detections["boxes"], detections["labels"], detections["scores"]
     if len(det_boxes) == 0 or num_views < 2:
         return detections
-    num_classes = scores.shape[1]
-    labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
-    view_of = views.repeat_interleave(num_classes)
-    flat_scores, flat_boxes = scores.reshape(-1), boxes.reshape(-1, 4)
+    view_of = views.repeat_interleave(scores.shape[1])
+    flat_scores, flat_boxes, labels = flatten_candidates(scores, boxes)
     keep = flat_scores > score_thresh
     flat_scores, flat_boxes, labels, view_of = flat_scores[keep], flat_boxes[keep], labels[keep], view_of[keep]
     iou = box_iou(det_boxes, flat_boxes)
