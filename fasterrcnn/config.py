@@ -97,7 +97,9 @@ class RoIHeadConfig:
     nms_thresh: float = 0.3
     detections_per_img: int = 100
     # box voting after NMS: each kept box becomes the score-weighted mean of the same-class
-    # candidates overlapping it at IoU >= vote_iou (0 = off, the paper)
+    # candidates overlapping it at IoU >= vote_iou (0 = off, the paper). A candidate near two
+    # kept boxes votes for both and draws them together: keep vote_iou well above nms_thresh
+    # (Detectron uses 0.8 with NMS 0.5), or the output can hold near-duplicates
     vote_iou: float = 0.0
     loss_weight_cls: float = 1.0
     loss_weight_reg: float = 1.0

@@ -1,6 +1,7 @@
 import math
 
 import torch
+from torchvision.ops import box_iou
 
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.postprocess import (
@@ -31,6 +32,21 @@ def test_box_voting_hand_case():
     # (0.6 * [0, 0, 10, 10] + 0.2 * [2, 0, 12, 10]) / 0.8
     torch.testing.assert_close(voted, torch.tensor([[0.5, 0.0, 10.5, 10.0]]))
     assert box_voting(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), cands, scores, labels, 0.5).shape == (0, 4)
+
+
+def test_box_voting_draws_two_kept_boxes_together():
+    # A and B survive NMS at 0.4 (IoU 4 / 16 = 0.25); C overlaps each at 7 / 13 = 0.54, so with
+    # vote_iou 0.5 it votes for both, and the voted pair overlaps at IoU 0.505: the hazard the
+    # config comment on vote_iou warns about (why the demo preset does not vote).
+    scores = torch.tensor([[0.9], [0.8], [0.7]])
+    boxes = torch.tensor([[[0.0, 0, 10, 10]], [[6.0, 0, 16, 10]], [[3.0, 0, 13, 10]]])
+    out = select_detections(scores, boxes, score_thresh=0.05, nms_thresh=0.4, detections_per_img=10,
+                            vote_iou=0.5)
+    # A' = (0.9 A + 0.7 C) / 1.6, B' = (0.8 B + 0.7 C) / 1.5
+    torch.testing.assert_close(out["boxes"], torch.tensor([[1.3125, 0, 11.3125, 10], [4.6, 0, 14.6, 10]]))
+    assert math.isclose(float(box_iou(out["boxes"][:1], out["boxes"][1:])), 6.7125 / 13.2875, rel_tol=1e-5)
+    plain = select_detections(scores, boxes, score_thresh=0.05, nms_thresh=0.4, detections_per_img=10)
+    assert float(box_iou(plain["boxes"][:1], plain["boxes"][1:])) == 0.25
 
 
 def test_select_detections_votes_only_when_asked():
