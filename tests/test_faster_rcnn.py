@@ -65,6 +65,37 @@ def test_tiny_model_learns_on_cpu():
         assert box_iou(d["boxes"][top : top + 1], t["boxes"]).item() > 0.7
 
 
+def test_channels_last_model_computes_the_same_losses_gradients_and_detections():
+    # Same weights, NHWC convolutions: the numbers agree up to float rounding. Proposals are
+    # given to the RoI head, so that rounding cannot reorder the RPN's NMS and change the RoIs.
+    torch.manual_seed(0)
+    plain = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": False}).model)
+    fast = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": True}).model)
+    fast.load_state_dict(plain.state_dict())
+    conv = next(p for p in fast.backbone.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.rpn.head.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, targets = _scene()
+    batch = torch.stack([images[0], images[0]])
+    assert fast.features(batch).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast.features(batch), plain.features(batch), rtol=1e-4, atol=1e-3)
+    fixed = [torch.tensor([[28.0, 18, 60, 50], [0, 0, 40, 40]]), torch.tensor([[12.0, 38, 70, 70]])]
+    for model in (plain, fast):
+        torch.manual_seed(1)  # the same RPN and RoI samples
+        losses = model.loss(images, targets, proposals=fixed)
+        sum(losses.values()).backward()
+        model.saved = {k: v.detach() for k, v in losses.items()}
+    for k in plain.saved:
+        torch.testing.assert_close(fast.saved[k], plain.saved[k], rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+    for a, b in zip(plain.predict(images, proposals=fixed), fast.predict(images, proposals=fixed)):
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-3, atol=1e-3)
+
+
 def test_loss_dict_keys_stages_and_empty_images():
     model = build_model(override(preset("tiny-shapes"), TINY).model)
     images, targets = _scene()

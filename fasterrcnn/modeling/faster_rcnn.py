@@ -100,10 +100,15 @@ class FasterRCNN(nn.Module):
         num_classes: int,
         views: Sequence[InferenceView] = (),
         score_fusion: str = "max",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
+        self.channels_last = channels_last  # NHWC memory for the convolutions (see ModelConfig)
+        if channels_last:
+            backbone.to(memory_format=torch.channels_last)
+            rpn.to(memory_format=torch.channels_last)
         self.roi_heads = roi_heads
         self.transform = transform
         self.num_classes = num_classes
@@ -130,7 +135,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         batch = self.transform(images, training=True)
         gt_boxes, gt_labels = self._scaled_targets(targets, batch)
-        features = self.backbone(batch.tensor)
+        features = self.features(batch.tensor)
         losses: dict[str, Tensor] = {}
         out = None
         if "rpn" in stages or proposals is None:
@@ -169,7 +174,7 @@ class FasterRCNN(nn.Module):
                 inputs = images if orient.identity else [orient.image(im) for im in images]
                 size = None if view is None else (view.min_size, view.max_size)
                 batch = self.transform(inputs, training=False, size=size)
-                features = self.backbone(batch.tensor)
+                features = self.features(batch.tensor)
                 if proposals is None:
                     props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
                 else:
@@ -202,7 +207,7 @@ class FasterRCNN(nn.Module):
         """
         with inference_mode(self):
             batch = self.transform(images, training=False)
-            out = self.rpn(self.backbone(batch.tensor))
+            out = self.rpn(self.features(batch.tensor))
             boxes, scores = self.rpn.propose(out, batch.image_sizes, training=training_settings)
         return [
             {"boxes": scale_boxes(b, size, orig), "scores": s}
@@ -210,6 +215,13 @@ class FasterRCNN(nn.Module):
         ]
 
     # ------------------------------------------------------------------ helpers
+    def features(self, images: Tensor) -> Tensor:
+        """The backbone's feature map [N, C, H/s, W/s] of a padded batch [N, 3, H, W], in
+        channels-last memory when the model is (the values are the same either way)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
     def _scaled_targets(self, targets: Sequence[dict], batch: ImageBatch) -> tuple[list[Tensor], list[Tensor]]:
         device = batch.tensor.device
         boxes_out, labels_out = [], []
@@ -324,4 +336,4 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
                             vflip=aug.vflip, transpose=aug.transpose) if (
         aug.min_sizes or aug.hflip or aug.vflip or aug.transpose) else ()
     return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views,
-                      score_fusion=aug.score_fusion)
+                      score_fusion=aug.score_fusion, channels_last=cfg.channels_last)
