@@ -104,6 +104,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "train2000-multiscale": {"@train_images": 2000, "model.input.min_size_train": [256, 288, 320, 352],
                              "model.input.max_size_train": 576},
     "train2000-width48": {"@train_images": 2000, "model.backbone.width": 48},
+    "vis80": {"@spec.min_visible": 0.8},
+    "vis75": {"@spec.min_visible": 0.75},
+    "seed1": {"train.seed": 1},
+    "seed2": {"train.seed": 2},
+    "seed1-nchw": {"train.seed": 1, "model.channels_last": False},
+    "seed2-nchw": {"train.seed": 2, "model.channels_last": False},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

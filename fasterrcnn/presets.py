@@ -57,7 +57,9 @@ def _tiny_shapes() -> Config:
     fusion: +0.002-0.012 VOC07 for each of three models on both splits). The head also pools
     each RoI enlarged 1.5x
     (context, for partly hidden objects whose proposal covers one part), and detections are kept
-    down to score 0.01 for evaluation (``detect`` draws from 0.5).
+    down to score 0.01 for evaluation (``detect`` draws from 0.5). The convolutions run in
+    channels-last memory: 12% more training steps per second on a CPU, and the same accuracy
+    over two seeds and both splits (benchmarks/RESULTS.md).
     """
     return Config(
         model=ModelConfig(
@@ -95,6 +97,7 @@ def _tiny_shapes() -> Config:
             ),
             test_aug=TestAugConfig(min_sizes=(288,), hflip=True, vflip=True, transpose=True,
                                    score_fusion="agreement"),
+            channels_last=True,
         ),
         train=TrainConfig(
             images_per_batch=4,
