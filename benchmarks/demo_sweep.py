@@ -106,6 +106,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "train2000-width48": {"@train_images": 2000, "model.backbone.width": 48},
     "vis80": {"@spec.min_visible": 0.8},
     "vis75": {"@spec.min_visible": 0.75},
+    "giou10": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 10.0},
+    "giou2": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 2.0},
     "seed1": {"train.seed": 1},
     "seed2": {"train.seed": 2},
     "seed1-nchw": {"train.seed": 1, "model.channels_last": False},

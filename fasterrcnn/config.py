@@ -93,6 +93,10 @@ class RoIHeadConfig:
     positive_weighting: str = "roi"  # "roi": every sampled RoI weighs 1 (the paper); "box": see RPN
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # 1 / (.1,.1,.2,.2)
     smooth_l1_beta: float = 1.0
+    # box regression loss: "smooth_l1" on the encoded deltas (the paper) or "giou", 1 - the
+    # generalized IoU of the decoded box with its gt box (Rezatofighi et al. 2019; mmdetection
+    # weighs it 10x, i.e. loss_weight_reg=10). Hard mining ranks RoIs by smooth L1 either way
+    box_loss: str = "smooth_l1"
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
     detections_per_img: int = 100
@@ -140,6 +144,8 @@ class RoIHeadConfig:
             )
         if not 0.0 <= self.vote_iou <= 1.0:
             raise ConfigError(f"roi_head.vote_iou must be in [0, 1] (0 = off), got {self.vote_iou}")
+        if self.box_loss not in BOX_LOSSES:
+            raise ConfigError(f"roi_head.box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class InputConfig:
 
 
 SCORE_FUSIONS = ("max", "agreement")  # how test-time views' scores combine (TestAugConfig)
+BOX_LOSSES = ("smooth_l1", "giou")  # the Fast R-CNN head's box regression losses (RoIHeadConfig)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ def test_override_from_command_line_strings():
     ("model.roi_head.aligned", "maybe", "expected a boolean"),
     ("model.rpn.no_such_key", "1", "unknown config key"),
     ("model.roi_head.vote_iou", 1.5, "vote_iou must be in"),
+    ("model.roi_head.box_loss", "iou", "box_loss must be one of"),
+    ("model.channels_last", "sometimes", "expected a boolean"),
     ("model.roi_head.hard_mining_nms", 0.0, "hard_mining_nms must be in"),
     ("model.roi_head.context_scales", [1.5, -1], "context_scales must be positive"),
     ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),

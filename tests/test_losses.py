@@ -3,7 +3,8 @@ import math
 import torch
 
 from fasterrcnn.modeling.losses import (
-    box_balanced_example_weights, box_balanced_weights, detection_losses, example_losses, smooth_l1,
+    box_balanced_example_weights, box_balanced_weights, detection_losses, example_losses, giou_losses,
+    smooth_l1,
 )
 
 
@@ -26,6 +27,26 @@ def test_detection_losses_hand_case():
     cls, reg = detection_losses(logits, labels, deltas, targets, beta=1.0)
     torch.testing.assert_close(cls, torch.tensor((math.log(2) + math.log(4 / 3)) / 2))
     torch.testing.assert_close(reg, torch.tensor((0.125 + 1.5) / 2))  # sum over fg / sampled
+
+
+def test_giou_losses_hand_values():
+    box = torch.tensor([[0.0, 0, 10, 10]] * 4)
+    gt = torch.tensor([[0.0, 0, 10, 10],    # the same box: 0
+                       [5.0, 0, 15, 10],    # IoU 50 / 150, hull = union: 1 - 1/3
+                       [20.0, 0, 30, 10],   # disjoint: IoU 0, hull 300, union 200: 1 + 1/3
+                       [2.0, 2, 4, 4]])     # inside: IoU 4 / 100, hull = union: 1 - 0.04
+    torch.testing.assert_close(giou_losses(box, gt), torch.tensor([0.0, 2 / 3, 4 / 3, 0.96]))
+    assert giou_losses(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
+
+
+def test_detection_losses_with_given_box_losses():
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)], [1.0, 0.0]])
+    labels = torch.tensor([1, 1, 0])
+    deltas = torch.full((2, 4), 7.0)  # ignored: box_losses replaces the smooth L1 of the deltas
+    cls, reg = detection_losses(logits, labels, deltas, torch.zeros(2, 4), beta=1.0,
+                                box_weights=torch.tensor([2.0, 0.5]),
+                                box_losses=torch.tensor([0.25, 1.0]))
+    torch.testing.assert_close(reg, torch.tensor((2 * 0.25 + 0.5 * 1.0) / 3))  # / sampled
 
 
 def test_no_samples_gives_zero_with_graph():

@@ -127,6 +127,27 @@ def test_box_weighting_in_roi_loss():
     torch.testing.assert_close(a, b)
 
 
+def test_giou_box_loss_in_roi_head_hand_case():
+    heads = _heads(pooler="roi_align")
+    heads.box_loss = "giou"
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.weight)
+    torch.nn.init.zeros_(heads.predictor.bbox_pred.bias)  # zero deltas: each box is its RoI
+    feats = torch.randn(1, 4, 8, 8)
+    gts, labels = [torch.tensor([[0.0, 0, 40, 40]])], [torch.tensor([2])]
+    props = [torch.tensor([[0.0, 0, 40, 30]])]  # IoU 0.75 with the gt: foreground
+    # sampled: the gt box itself (appended, loss 0) and the proposal (1 - 0.75), both foreground
+    losses = heads.loss(feats, props, gts, labels)
+    torch.testing.assert_close(losses["roi_reg"], torch.tensor((0.0 + 0.25) / 2))
+    losses["roi_reg"].backward()
+    assert heads.predictor.bbox_pred.weight.grad.abs().sum() > 0
+    # the paper's loss on the same RoIs: 0 for the gt box; the proposal's targets are
+    # dy = 10 * (20 - 15) / 30 and dh = 5 * log(40 / 30), both >= beta = 1, so |d| - 0.5 each
+    heads.box_loss = "smooth_l1"
+    dy, dh = 10 * 5 / 30, 5 * math.log(40 / 30)
+    expected = (0.0 + (dy - 0.5) + (dh - 0.5)) / 2
+    torch.testing.assert_close(heads.loss(feats, props, gts, labels)["roi_reg"], torch.tensor(expected))
+
+
 def test_label_rois_keeps_every_labelled_proposal_foreground_first():
     props = torch.tensor([[50.0, 50, 60, 60], [0, 0, 10, 10], [0, 0, 20, 20], [0, 0, 10, 9]])
     gt = torch.tensor([[0.0, 0, 10, 10]])

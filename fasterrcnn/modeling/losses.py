@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
 
 
 def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
@@ -52,12 +53,15 @@ def detection_losses(
     beta: float,
     class_weights: Tensor | None = None,
     box_weights: Tensor | None = None,
+    box_losses: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(classification, regression) losses of one stage.
 
     ``class_logits`` [S, C] (C = 2 for the RPN, K+1 for Fast R-CNN), ``class_targets`` [S] int64
     (0 = background); ``box_deltas`` and ``box_targets`` [F, 4] for the foreground examples.
     ``class_weights`` [S] and ``box_weights`` [F] scale each example's term (default 1).
+    ``box_losses`` [F], when given, replaces the smooth L1 of each foreground example's deltas
+    (e.g. :func:`giou_losses`); the normalisation stays the same.
     With no sampled example both losses are 0 (still connected to the graph).
     """
     num = class_targets.numel()
@@ -69,10 +73,20 @@ def detection_losses(
     else:
         ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
         cls = (ce * class_weights.float()).sum() / num
-    per_box = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
+    if box_losses is None:
+        per_box = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
+    else:
+        per_box = box_losses.float()
     if box_weights is not None:
         per_box = per_box * box_weights.float()
     return cls, per_box.sum() / num
+
+
+def giou_losses(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+    """[F] 1 - generalized IoU (Rezatofighi et al. 2019) of decoded boxes [F, 4] with their gt
+    boxes [F, 4], both xyxy: 0 for a perfect box, up to 2 for a far one. Scale-free, so a 3 px
+    error costs a 16 px box as much as a 30 px error costs a 160 px one."""
+    return generalized_box_iou_loss(boxes.float(), gt_boxes.float(), reduction="none")
 
 
 def example_losses(

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from ..config import BOX_LOSSES
 from .box_coding import BoxCoder
 from .cascade import RefineStage, most_likely_classes, refine_boxes
-from .losses import box_balanced_example_weights, detection_losses, example_losses
+from .losses import box_balanced_example_weights, detection_losses, example_losses, giou_losses
 from .matching import BACKGROUND, Matcher
 from .postprocess import class_boxes, select_detections
 from .proposals import add_gt_boxes
@@ -121,6 +122,7 @@ class RoIHeads(nn.Module):
         coder: BoxCoder,
         add_gt_as_proposals: bool = True,
         smooth_l1_beta: float = 1.0,
+        box_loss: str = "smooth_l1",
         score_thresh: float = 0.05,
         nms_thresh: float = 0.3,
         detections_per_img: int = 100,
@@ -144,6 +146,8 @@ class RoIHeads(nn.Module):
             raise ValueError(f"positive_weighting must be 'roi' or 'box', got {positive_weighting!r}")
         if not 0.0 <= vote_iou <= 1.0:
             raise ValueError(f"vote_iou must be in [0, 1] (0 = no box voting), got {vote_iou}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
         self.pooler = pooler
         self.box_head = box_head
         self.predictor = predictor
@@ -152,6 +156,7 @@ class RoIHeads(nn.Module):
         self.coder = coder
         self.add_gt_as_proposals = add_gt_as_proposals
         self.smooth_l1_beta = smooth_l1_beta
+        self.box_loss = box_loss  # "smooth_l1" on the deltas (the paper) | "giou" on the boxes
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
@@ -246,8 +251,11 @@ class RoIHeads(nn.Module):
                 parts.append(box_balanced_example_weights(ids, len(lab)))
             cls_w = torch.cat(parts)
             box_w = cls_w[fg]
+        box_losses = None
+        if self.box_loss == "giou":
+            box_losses = giou_losses(coder.decode(deltas, rois_t[fg]), matched_t[fg])
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
-                                    class_weights=cls_w, box_weights=box_w)
+                                    class_weights=cls_w, box_weights=box_w, box_losses=box_losses)
         return {f"{prefix}_cls": cls * self.loss_weight_cls * weight,
                 f"{prefix}_reg": reg * self.loss_weight_reg * weight}
 
