@@ -203,7 +203,7 @@ class ModelConfig:
     input: InputConfig = field(default_factory=InputConfig)
     test_aug: TestAugConfig = field(default_factory=TestAugConfig)
     # backbone and RPN convolutions in channels-last (NHWC) memory: the same numbers up to
-    # float rounding, faster with oneDNN on CPUs (demo preset: about 10% per training step) and
+    # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
     # with mixed precision on GPUs
     channels_last: bool = False
 
