@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from fasterrcnn.modeling.losses import (
@@ -47,6 +48,12 @@ def test_detection_losses_with_given_box_losses():
                                 box_weights=torch.tensor([2.0, 0.5]),
                                 box_losses=torch.tensor([0.25, 1.0]))
     torch.testing.assert_close(reg, torch.tensor((2 * 0.25 + 0.5 * 1.0) / 3))  # / sampled
+    _, reg_no_targets = detection_losses(logits, labels, deltas, None, beta=1.0,
+                                         box_weights=torch.tensor([2.0, 0.5]),
+                                         box_losses=torch.tensor([0.25, 1.0]))
+    torch.testing.assert_close(reg_no_targets, reg)  # no delta targets needed then
+    with pytest.raises(ValueError, match="box_targets or box_losses"):
+        detection_losses(logits, labels, deltas, None, beta=1.0)
 
 
 def test_no_samples_gives_zero_with_graph():

@@ -48,7 +48,7 @@ def detection_losses(
     class_logits: Tensor,
     class_targets: Tensor,
     box_deltas: Tensor,
-    box_targets: Tensor,
+    box_targets: Tensor | None,
     *,
     beta: float,
     class_weights: Tensor | None = None,
@@ -61,7 +61,8 @@ def detection_losses(
     (0 = background); ``box_deltas`` and ``box_targets`` [F, 4] for the foreground examples.
     ``class_weights`` [S] and ``box_weights`` [F] scale each example's term (default 1).
     ``box_losses`` [F], when given, replaces the smooth L1 of each foreground example's deltas
-    (e.g. :func:`giou_losses`); the normalisation stays the same.
+    (e.g. :func:`giou_losses`); the normalisation stays the same, and ``box_targets`` may then be
+    None.
     With no sampled example both losses are 0 (still connected to the graph).
     """
     num = class_targets.numel()
@@ -74,6 +75,8 @@ def detection_losses(
         ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
         cls = (ce * class_weights.float()).sum() / num
     if box_losses is None:
+        if box_targets is None:
+            raise ValueError("detection_losses needs box_targets or box_losses")
         per_box = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
     else:
         per_box = box_losses.float()

@@ -242,7 +242,6 @@ class RoIHeads(nn.Module):
         rois_t, matched_t = torch.cat([r for r, _, _ in sampled]), torch.cat(matched)
         fg = (labels_t > 0).nonzero(as_tuple=True)[0]
         deltas = box_deltas.view(len(labels_t), -1, 4)[fg, labels_t[fg]]
-        targets = coder.encode(rois_t[fg], matched_t[fg])
         cls_w = box_w = None
         if self.positive_weighting == "box":
             parts = []
@@ -251,9 +250,11 @@ class RoIHeads(nn.Module):
                 parts.append(box_balanced_example_weights(ids, len(lab)))
             cls_w = torch.cat(parts)
             box_w = cls_w[fg]
-        box_losses = None
+        targets = box_losses = None
         if self.box_loss == "giou":
             box_losses = giou_losses(coder.decode(deltas, rois_t[fg]), matched_t[fg])
+        else:
+            targets = coder.encode(rois_t[fg], matched_t[fg])
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
                                     class_weights=cls_w, box_weights=box_w, box_losses=box_losses)
         return {f"{prefix}_cls": cls * self.loss_weight_cls * weight,
