@@ -1,7 +1,9 @@
 """Variants of the demo preset (``tiny-shapes``) trained and scored side by side.
 
 Each variant is the preset with some config overrides (and, for the data variants, another
-:class:`~fasterrcnn.data.shapes.ShapesSpec`), trained on ``shapes:train`` (800 images) and scored
+:class:`~fasterrcnn.data.shapes.ShapesSpec` field: ``@spec.FIELD`` for both splits,
+``@train_spec.FIELD`` for the training images only; both start from the splits' own settings,
+:data:`~fasterrcnn.data.shapes.SPLIT_SPECS`), trained on ``shapes:train`` (800 images) and scored
 on ``shapes:test`` (200 images) with VOC07 11-point mAP at IoU 0.5, plus the detector's recall by
 object size (score >= 0.3, IoU >= 0.5, right class). Variants run as separate processes, several
 at once (``--parallel``), on the CPU or a GPU: the GPU is for choosing settings quickly; the
@@ -18,6 +20,7 @@ Results: one ``OUT/NAME.json`` per variant and a table on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,6 +35,12 @@ SIZE_EDGES = (24.0, 48.0, 96.0)
 def _steps(iters: int) -> dict[str, Any]:
     """max_iter with the preset's decay points at the same fractions (1900/2500, 2300/2500)."""
     return {"train.max_iter": iters, "train.lr_steps": [round(iters * 0.76), round(iters * 0.92)]}
+
+
+def _crowd(fewest: int, most: int, min_visible: float) -> dict[str, Any]:
+    """Training scenes with ``fewest``-``most`` objects, each at least ``min_visible`` visible."""
+    return {"@train_spec.min_objects": fewest, "@train_spec.max_objects": most,
+            "@train_spec.min_visible": min_visible}
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -105,6 +114,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
                              "model.input.max_size_train": 576},
     "train2000-width48": {"@train_images": 2000, "model.backbone.width": 48},
     "vis80": {"@spec.min_visible": 0.8},
+    # the training scenes: crowded (4-16 objects, >= 50% visible) is the default since session 10
+    "sparse-train": {**_crowd(1, 8, 0.6)},  # the training scenes until session 9
+    "dense3-12": {**_crowd(3, 12, 0.6)},
+    "dense4-16": {**_crowd(4, 16, 0.6)},
+    "dense6-24": {**_crowd(6, 24, 0.6)},
+    "dense4-16-seed1": {**_crowd(4, 16, 0.6), "train.seed": 1},
+    "dense4-16-i2700": {**_crowd(4, 16, 0.6), **_steps(2700)},
+    "dense4-16-train1600": {**_crowd(4, 16, 0.6), "@train_images": 1600},
+    "dense4-16-vis5": {**_crowd(4, 16, 0.5)},  # = the default training scenes
+    "dense4-16-vis5-seed1": {**_crowd(4, 16, 0.5), "train.seed": 1},
+    "dense4-16-vis4": {**_crowd(4, 16, 0.4)},
     "vis75": {"@spec.min_visible": 0.75},
     "giou10": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 10.0},
     "giou2": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 2.0},
@@ -145,18 +165,21 @@ def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
 
     from fasterrcnn.config import override, preset
     from fasterrcnn.data.dataset import InMemoryDataset
-    from fasterrcnn.data.shapes import ShapesDataset, ShapesSpec
+    from fasterrcnn.data.shapes import SPLIT_SPECS, ShapesDataset
     from fasterrcnn.engine.checkpoint import load_model
     from fasterrcnn.engine.inference import run_inference, score
     from fasterrcnn.engine.trainer import train
 
     torch.set_num_threads(threads)
     changes = VARIANTS[name]
-    spec = ShapesSpec(**{k[6:]: v for k, v in changes.items() if k.startswith("@spec.")})
+    both = {k[6:]: v for k, v in changes.items() if k.startswith("@spec.")}
+    spec = dataclasses.replace(SPLIT_SPECS["test"], **both)
+    train_only = {k[12:]: v for k, v in changes.items() if k.startswith("@train_spec.")}
+    train_spec = dataclasses.replace(SPLIT_SPECS["train"], **{**both, **train_only})
     cfg = override(preset("tiny-shapes"), {k: v for k, v in changes.items() if not k.startswith("@")})
     start = time.time()
     num_train = int(changes.get("@train_images", 800))
-    train_set = InMemoryDataset(ShapesDataset("train", num_train, seed=0, spec=spec))
+    train_set = InMemoryDataset(ShapesDataset("train", num_train, seed=0, spec=train_spec))
     test_set = ShapesDataset("test", 200, seed=0, spec=spec)
     data_s = time.time() - start
     summary = train(cfg, train_set, out_dir=out / name, classes=train_set.classes, device=device,

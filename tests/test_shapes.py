@@ -12,6 +12,7 @@ from fasterrcnn.config import ConfigError
 from fasterrcnn.data.dataset import DataError, DetectionDataset
 from fasterrcnn.data.shapes import (
     SHAPES_CLASSES,
+    SPLIT_SPECS,
     ShapeObject,
     ShapesLayout,
     ShapesDataset,
@@ -75,6 +76,20 @@ def test_deterministic_and_order_independent() -> None:
     assert torch.equal(a[-1][0], a[19][0])
 
 
+def test_split_settings_crowded_training_scenes() -> None:
+    # the training split draws 4-16 objects (val and test 1-8), each at least 50% visible (60%)
+    assert SPLIT_SPECS["train"] == ShapesSpec(min_objects=4, max_objects=16, min_visible=0.5)
+    assert ShapesDataset("train", 1).spec == SPLIT_SPECS["train"]
+    assert ShapesDataset("val", 1).spec == ShapesDataset("test", 1).spec == ShapesSpec()
+    given = ShapesSpec(max_objects=2)
+    assert ShapesDataset("train", 1, spec=given).spec is given  # an explicit spec wins
+    train, test = ShapesDataset("train", 60), ShapesDataset("test", 60)
+    per_train = [len(train.annotation(i).labels) for i in range(60)]
+    per_test = [len(test.annotation(i).labels) for i in range(60)]
+    assert max(per_test) <= 8 < max(per_train) <= 16
+    assert np.mean(per_train) > 1.8 * np.mean(per_test)
+
+
 def test_seed_and_split_change_images() -> None:
     base = ShapesDataset("train", 4, seed=0)
     other_seed = ShapesDataset("train", 4, seed=1)
@@ -89,8 +104,8 @@ def test_seed_and_split_change_images() -> None:
     assert len(sizes) > 1
 
 
-def test_boxes_inside_nondegenerate_labels(annotations: list) -> None:
-    spec = ShapesSpec()
+def test_boxes_inside_nondegenerate_labels(train: ShapesDataset, annotations: list) -> None:
+    spec = train.spec
     for ann in annotations:
         assert spec.min_side <= ann.height <= spec.max_side
         assert spec.min_side <= ann.width <= spec.max_side
@@ -122,16 +137,19 @@ def test_scale_aspect_class_and_size_variety(train: ShapesDataset, annotations: 
     assert set(labels.tolist()) == set(range(1, len(SHAPES_CLASSES) + 1))
     assert len({a.height for a in annotations}) > 20 and len({a.width for a in annotations}) > 20
     counts = {len(a.boxes) for a in annotations}
-    assert {0, 1, 8} <= counts  # empty images, single objects and crowded images all occur
+    assert {0, 4, 16} <= counts  # empty images, the fewest and the most objects all occur
 
 
-def test_overlaps_occur_but_bounded(annotations: list) -> None:
-    spec = ShapesSpec()
+def test_overlaps_occur_but_bounded(train: ShapesDataset) -> None:
+    spec = train.spec
     overlapping = 0
-    for ann in annotations:
-        if len(ann.boxes) < 2:
+    for i in range(200):
+        # the bound holds for the whole shapes' boxes, where placement checks it; a visible box,
+        # shrunk by occlusion, can overlap a neighbour's somewhat more
+        boxes = layout_for(train._rng(i), spec).boxes()
+        if len(boxes) < 2:
             continue
-        iou = _pairwise_iou(ann.boxes)
+        iou = _pairwise_iou(boxes)
         np.fill_diagonal(iou, 0.0)
         assert iou.max() <= spec.max_iou + 1e-6
         overlapping += int(iou.max() > 0)
@@ -200,7 +218,7 @@ def test_visible_boxes_inside_full_boxes() -> None:
 
 
 def test_dataset_box_kind() -> None:
-    full = ShapesDataset("train", 40, spec=ShapesSpec(boxes="full"))
+    full = ShapesDataset("train", 40, spec=dataclasses.replace(SPLIT_SPECS["train"], boxes="full"))
     vis = ShapesDataset("train", 40)
     differ = 0
     for i in range(40):

@@ -28,6 +28,11 @@ Backgrounds are cluttered with things that are not objects: smooth colour gradie
 low-contrast texture, faint stripes, thin curves (1-2 px wide), small specks (< 6 px) and pixel
 noise; a few curves and specks are drawn over the objects too.
 
+The training split draws more crowded scenes than val and test (4-16 objects per image instead
+of 1-8, each keeping at least 50% of its pixels visible instead of 60%; :data:`SPLIT_SPECS`), so
+that each training step sees more small, overlapping and partly hidden objects; everything else
+is generated alike.
+
 Generation is split in two so that annotations are cheap: :func:`sample_layout` draws the image
 size and the objects (geometry only), :func:`paint_layout` renders the pixels. Image ``i`` of a
 split depends only on ``(seed, split, i)``.
@@ -40,7 +45,7 @@ Modules: :mod:`~fasterrcnn.data.shapes.masks` (the classes and their shape masks
 
 from __future__ import annotations
 
-from fasterrcnn.data.shapes.dataset import SPLIT_IDS, ShapesDataset
+from fasterrcnn.data.shapes.dataset import SPLIT_IDS, SPLIT_SPECS, ShapesDataset
 from fasterrcnn.data.shapes.layout import ShapeObject, ShapesLayout, ShapesSpec, sample_layout
 from fasterrcnn.data.shapes.masks import (
     SHAPES_CLASSES, cross_mask, ellipse_mask, rectangle_mask, ring_mask, triangle_mask,
@@ -51,6 +56,7 @@ __all__ = [
     "HUE_BAND",
     "SHAPES_CLASSES",
     "SPLIT_IDS",
+    "SPLIT_SPECS",
     "ShapeObject",
     "ShapesDataset",
     "ShapesLayout",
