@@ -29,9 +29,8 @@ low-contrast texture, faint stripes, thin curves (1-2 px wide), small specks (< 
 noise; a few curves and specks are drawn over the objects too.
 
 The training split draws more crowded scenes than val and test (4-16 objects per image instead
-of 1-8, each keeping at least 50% of its pixels visible instead of 60%; :data:`SPLIT_SPECS`), so
-that each training step sees more small, overlapping and partly hidden objects; everything else
-is generated alike.
+of 1-8; :data:`SPLIT_SPECS`), so that each training step sees more small, overlapping and partly
+hidden objects; everything else is generated alike.
 
 Generation is split in two so that annotations are cheap: :func:`sample_layout` draws the image
 size and the objects (geometry only), :func:`paint_layout` renders the pixels. Image ``i`` of a
