@@ -120,6 +120,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dense4-16": {**_crowd(4, 16, 0.6)},  # = the default training scenes
     "dense6-24": {**_crowd(6, 24, 0.6)},
     "dense4-16-seed1": {**_crowd(4, 16, 0.6), "train.seed": 1},
+    "dense4-16-seed2": {**_crowd(4, 16, 0.6), "train.seed": 2},
     "dense4-16-i2700": {**_crowd(4, 16, 0.6), **_steps(2700)},
     "dense4-16-train1600": {**_crowd(4, 16, 0.6), "@train_images": 1600},
     "dense4-16-vis5": {**_crowd(4, 16, 0.5)},

@@ -19,8 +19,8 @@ SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 # (4-16 objects, about 9.6 per image, against 1-8 and 4.5): every training step then holds about
 # twice as many objects, and more of them small, overlapping or partly hidden, the cases a
 # detector misses. Object classes, sizes, colours and occlusion rules are the same, and val /
-# test keep the evaluation scenes. On the demo preset val VOC07 went from 0.933-0.949 to
-# 0.955-0.965 and test from 0.905-0.927 to 0.928-0.939; see benchmarks/RESULTS.md, "Crowded
+# test keep the evaluation scenes. On the demo preset val VOC07 went from 0.933-0.951 to
+# 0.955-0.968 and test from 0.905-0.927 to 0.922-0.945; see benchmarks/RESULTS.md, "Crowded
 # training scenes".
 SPLIT_SPECS: dict[str, ShapesSpec] = {
     "train": ShapesSpec(min_objects=4, max_objects=16),
