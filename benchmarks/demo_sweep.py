@@ -115,17 +115,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "train2000-width48": {"@train_images": 2000, "model.backbone.width": 48},
     "vis80": {"@spec.min_visible": 0.8},
     # the training scenes: crowded (4-16 objects) is the default since session 10
-    "sparse-train": {**_crowd(1, 8, 0.6)},  # the training scenes until session 9
-    "dense3-12": {**_crowd(3, 12, 0.6)},
-    "dense4-16": {**_crowd(4, 16, 0.6)},  # = the default training scenes
-    "dense6-24": {**_crowd(6, 24, 0.6)},
+    "sparse-train": _crowd(1, 8, 0.6),  # the training scenes until session 9
+    "dense3-12": _crowd(3, 12, 0.6),
+    "dense4-16": _crowd(4, 16, 0.6),  # = the default training scenes
+    "dense6-24": _crowd(6, 24, 0.6),
     "dense4-16-seed1": {**_crowd(4, 16, 0.6), "train.seed": 1},
     "dense4-16-seed2": {**_crowd(4, 16, 0.6), "train.seed": 2},
     "dense4-16-i2700": {**_crowd(4, 16, 0.6), **_steps(2700)},
     "dense4-16-train1600": {**_crowd(4, 16, 0.6), "@train_images": 1600},
-    "dense4-16-vis5": {**_crowd(4, 16, 0.5)},
+    "dense4-16-vis5": _crowd(4, 16, 0.5),
     "dense4-16-vis5-seed1": {**_crowd(4, 16, 0.5), "train.seed": 1},
-    "dense4-16-vis4": {**_crowd(4, 16, 0.4)},
+    "dense4-16-vis4": _crowd(4, 16, 0.4),
     "vis75": {"@spec.min_visible": 0.75},
     "giou10": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 10.0},
     "giou2": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 2.0},
