@@ -131,8 +131,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "giou2": {"model.roi_head.box_loss": "giou", "model.roi_head.loss_weight_reg": 2.0},
     "seed1": {"train.seed": 1},
     "seed2": {"train.seed": 2},
+    "seed3": {"train.seed": 3},
     "seed1-nchw": {"train.seed": 1, "model.channels_last": False},
     "seed2-nchw": {"train.seed": 2, "model.channels_last": False},
+    "adamw-1e3": {"train.optimizer": "adamw", "train.lr": 0.001, "train.weight_decay": 0.05},
+    "adamw-2e3": {"train.optimizer": "adamw", "train.lr": 0.002, "train.weight_decay": 0.05},
+    "adamw-5e4": {"train.optimizer": "adamw", "train.lr": 0.0005, "train.weight_decay": 0.05},
+    "adamw-1e3-seed1": {"train.optimizer": "adamw", "train.lr": 0.001, "train.weight_decay": 0.05,
+                        "train.seed": 1},
+    "adamw-1e3-seed2": {"train.optimizer": "adamw", "train.lr": 0.001, "train.weight_decay": 0.05,
+                        "train.seed": 2},
+    "adamw-1e3-seed3": {"train.optimizer": "adamw", "train.lr": 0.001, "train.weight_decay": 0.05,
+                        "train.seed": 3},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

@@ -214,6 +214,7 @@ class TrainConfig:
     images_per_batch: int = 1  # the paper: one image per mini-batch
     max_iter: int = 70000
     lr: float = 0.001
+    optimizer: str = "sgd"  # "sgd" (the paper) | "adamw" (momentum is its beta1)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_steps: tuple[int, ...] = (50000,)
@@ -243,6 +244,8 @@ class TrainConfig:
     alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

@@ -356,6 +356,42 @@ def test_optimizer_groups_no_decay_on_biases() -> None:
     assert all(p is not model.frozen.weight for p in [*decay["params"], *no_decay["params"]])
 
 
+def test_adamw_option_groups_and_decoupled_decay() -> None:
+    model = TinyDetector()
+    opt = build_optimizer(model, momentum=0.8, weight_decay=0.05, lr=0.01, kind="adamw")
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.8, 0.999)
+    # zero gradient: Adam's update is 0, so a decayed weight only shrinks by lr * wd (decoupled)
+    w = next(p for p in decay["params"] if p.requires_grad)
+    before = w.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(w.detach(), before * (1 - 0.01 * 0.05))
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(model, momentum=0.9, weight_decay=0.0, lr=0.1, kind="adam")
+    with pytest.raises(ConfigError, match="optimizer"):
+        toy_config(optimizer="rmsprop")
+
+
+def test_adamw_run_resumes_like_uninterrupted(tmp_path: Path) -> None:
+    cfg = toy_config(max_iter=3, checkpoint_period=2, hflip_prob=0.0, optimizer="adamw", lr=0.01)
+    torch.manual_seed(0)
+    train(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES,
+          model=TinyDetector(stochastic=False), progress=False)
+    torch.manual_seed(0)
+    train(override(cfg, {"train.max_iter": 2}), ToyDataset(4), out_dir=tmp_path / "b",
+          classes=CLASSES, model=TinyDetector(stochastic=False), progress=False)
+    assert "exp_avg" in str(load_checkpoint(tmp_path / "b" / "last.pt")["optimizer"]["state"])
+    train(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES,
+          model=TinyDetector(stochastic=False), resume="auto", progress=False)
+    a = load_checkpoint(tmp_path / "a" / "model_final.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "model_final.pt")["model"]
+    assert state_equal(a, b) == []
+
+
 def test_real_model_trains(tmp_path: Path) -> None:
     pytest.importorskip("fasterrcnn.modeling.faster_rcnn")
     from fasterrcnn.engine.checkpoint import load_model

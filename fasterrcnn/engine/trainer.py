@@ -213,7 +213,7 @@ def _train(
         load_state_strict(model, ckpt["model"], resume_path or "<checkpoint>")
         start_iter = int(ckpt["iteration"])
     model.train()
-    optimizer = build_optimizer(model, tcfg.momentum, tcfg.weight_decay, tcfg.lr)
+    optimizer = build_optimizer(model, tcfg.momentum, tcfg.weight_decay, tcfg.lr, tcfg.optimizer)
     scheduler = StepWarmupScheduler.from_config(optimizer, tcfg, iteration=start_iter)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     ema = build_ema(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
