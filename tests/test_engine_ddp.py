@@ -139,3 +139,25 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
         for k in ws:
             torch.testing.assert_close(wd[k], ws[k], rtol=1e-5, atol=1e-6, msg=f"{kind}: {k}")
         assert d_rec[0]["losses"]["total"] != d_rec[-1]["losses"]["total"]  # the weights moved
+
+
+@pytest.mark.parametrize("synchronize, expected", [(True, ["barrier", "destroy"]), (False, ["destroy"])])
+def test_cleanup_waits_for_peers_only_after_a_normal_end(
+    monkeypatch: pytest.MonkeyPatch, synchronize: bool, expected: list[str]
+) -> None:
+    from fasterrcnn.engine import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "is_dist", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.cleanup(synchronize=synchronize)
+    assert calls == expected
+
+
+def test_cleanup_without_a_group_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fasterrcnn.engine import distributed
+
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: pytest.fail("barrier without a group"))
+    assert not distributed.is_dist()
+    distributed.cleanup()

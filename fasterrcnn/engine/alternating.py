@@ -180,14 +180,17 @@ def train_alternating(
     if not dist_utils.is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist_utils.init_from_env(str(device))  # once for all four steps
         created_group = True
+    finished = False
     try:
-        return _run(
+        result = _run(
             cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
             resume=resume, deterministic=deterministic, device=device, progress=progress,
         )
+        finished = True
+        return result
     finally:
         if created_group:
-            dist_utils.cleanup()
+            dist_utils.cleanup(synchronize=finished)
 
 
 def _check_resume_target(resume: str | os.PathLike, out_dir: Path) -> None:

@@ -95,9 +95,17 @@ def init_from_env(
     return DistInfo(rank_, local, world, backend)
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op without one)."""
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group (no-op without one).
+
+    With ``synchronize`` (a normal end) every rank first waits for the others, so that none
+    tears its connections down while a peer is still using them: with gloo on the CPU, a rank
+    whose peer had already left could abort at exit ("terminate called without an active
+    exception", seen once in CI in the two-process test). After an error, pass False: the
+    other ranks may never reach the barrier."""
     if is_dist():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -153,17 +153,20 @@ def train(
         dist_utils.init_from_env(str(device))
         created_group = True
     saved = _Determinism.capture()
+    finished = False
     try:
-        return _train(
+        result = _train(
             cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
             resume=resume, deterministic=deterministic, device=device, model=model,
             progress=progress, allow=tuple(allow_config_changes),
             stages=stages, proposal_fn=proposal_fn,
         )
+        finished = True
+        return result
     finally:
         saved.restore()
         if created_group:
-            dist_utils.cleanup()
+            dist_utils.cleanup(synchronize=finished)
 
 
 def _train(
