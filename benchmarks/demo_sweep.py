@@ -143,6 +143,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                         "train.seed": 2},
     "adamw-1e3-seed3": {"train.optimizer": "adamw", "train.lr": 0.001, "train.weight_decay": 0.05,
                         "train.seed": 3},
+    "roi128-i2000": {"model.roi_head.batch_size_per_image": 128, **_steps(2000)},
+    "roi128-i2000-seed1": {"model.roi_head.batch_size_per_image": 128, **_steps(2000), "train.seed": 1},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }
