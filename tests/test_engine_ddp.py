@@ -161,3 +161,29 @@ def test_cleanup_without_a_group_does_nothing(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(distributed.dist, "barrier", lambda: pytest.fail("barrier without a group"))
     assert not distributed.is_dist()
     distributed.cleanup()
+
+
+def test_group_from_env_joins_and_leaves_only_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fasterrcnn.engine import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda device: calls.append(f"init {device}"))
+    monkeypatch.setattr(distributed, "cleanup", lambda synchronize=True: calls.append(f"leave {synchronize}"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.group_from_env("cpu"):  # one process: nothing to join
+        pass
+    assert calls == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with distributed.group_from_env("cpu"):
+        calls.append("body")
+    assert calls == ["init cpu", "body", "leave True"]
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        with distributed.group_from_env("cpu"):
+            raise RuntimeError("boom")
+    assert calls == ["init cpu", "leave False"]  # no barrier after an error
+    calls.clear()
+    monkeypatch.setattr(distributed, "is_dist", lambda: True)  # a group joined by the caller
+    with distributed.group_from_env("cpu"):
+        pass
+    assert calls == []

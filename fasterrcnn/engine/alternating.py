@@ -176,21 +176,11 @@ def train_alternating(
     ``train`` summary with ``"step"`` and ``"reused": False``, or ``{"step", "reused": True,
     "final_weights"}`` for a step found finished.
     """
-    created_group = False
-    if not dist_utils.is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist_utils.init_from_env(str(device))  # once for all four steps
-        created_group = True
-    finished = False
-    try:
-        result = _run(
+    with dist_utils.group_from_env(str(device)):  # once for all four steps
+        return _run(
             cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
             resume=resume, deterministic=deterministic, device=device, progress=progress,
         )
-        finished = True
-        return result
-    finally:
-        if created_group:
-            dist_utils.cleanup(synchronize=finished)
 
 
 def _check_resume_target(resume: str | os.PathLike, out_dir: Path) -> None:

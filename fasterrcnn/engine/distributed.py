@@ -21,10 +21,11 @@ works for any module with a ``loss`` method and keeps the checkpoint keys of the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -107,6 +108,24 @@ def cleanup(synchronize: bool = True) -> None:
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def group_from_env(device: str) -> Iterator[None]:
+    """Inside: the process group torchrun describes (``WORLD_SIZE`` > 1), joined here unless one
+    is joined already, and left at the end if joined here: after a barrier on a normal end,
+    without one after an error (see :func:`cleanup`). A no-op for a single process."""
+    created = not is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if created:
+        init_from_env(device)
+    try:
+        yield
+    except BaseException:
+        if created:
+            cleanup(synchronize=False)
+        raise
+    if created:
+        cleanup()
 
 
 def barrier() -> None:

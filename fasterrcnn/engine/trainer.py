@@ -148,25 +148,17 @@ def train(
     "last_checkpoint", "final_weights", "elapsed_s"}``. Raises :class:`TrainingDiverged` on
     divergence and :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
     """
-    created_group = False
-    if not dist_utils.is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist_utils.init_from_env(str(device))
-        created_group = True
-    saved = _Determinism.capture()
-    finished = False
-    try:
-        result = _train(
-            cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
-            resume=resume, deterministic=deterministic, device=device, model=model,
-            progress=progress, allow=tuple(allow_config_changes),
-            stages=stages, proposal_fn=proposal_fn,
-        )
-        finished = True
-        return result
-    finally:
-        saved.restore()
-        if created_group:
-            dist_utils.cleanup(synchronize=finished)
+    with dist_utils.group_from_env(str(device)):
+        saved = _Determinism.capture()
+        try:
+            return _train(
+                cfg, train_set, out_dir=Path(out_dir), classes=tuple(classes), val_fn=val_fn,
+                resume=resume, deterministic=deterministic, device=device, model=model,
+                progress=progress, allow=tuple(allow_config_changes),
+                stages=stages, proposal_fn=proposal_fn,
+            )
+        finally:
+            saved.restore()
 
 
 def _train(
