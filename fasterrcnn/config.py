@@ -208,6 +208,9 @@ class ModelConfig:
     channels_last: bool = False
 
 
+OPTIMIZERS = ("sgd", "adamw")  # train.optimizer: the paper's SGD, or AdamW
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     schedule: str = "joint"  # "joint" (approximate joint training) | "alternating" (4-step)
@@ -244,8 +247,8 @@ class TrainConfig:
     alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import OPTIMIZERS, ConfigError
 
 ProposalFn = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
@@ -39,8 +39,8 @@ def build_optimizer(
     option for short schedules of small models trained from scratch. It wants a much smaller
     learning rate than SGD (about 1e-3) and a larger weight decay (about 0.05).
     """
-    if kind not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {kind!r}")
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
