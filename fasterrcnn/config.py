@@ -209,6 +209,9 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer: the paper's SGD, or AdamW
+# train.lr_schedule: the paper's step decay at train.lr_steps, or a half cosine from train.lr
+# down to 0 at train.max_iter (train.lr_steps unused)
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (the paper) | "adamw" (momentum is its beta1)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_schedule: str = "step"  # "step" (the paper: x lr_gamma at each of lr_steps) | "cosine"
     lr_steps: tuple[int, ...] = (50000,)
     lr_gamma: float = 0.1
     warmup_iters: int = 0
@@ -249,6 +253,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

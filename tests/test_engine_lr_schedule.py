@@ -1,4 +1,4 @@
-"""Step learning-rate schedule with linear warm-up: exact values and scheduler state."""
+"""Step and cosine learning-rate schedules with linear warm-up: exact values and scheduler state."""
 
 from __future__ import annotations
 
@@ -27,6 +27,42 @@ def test_paper_schedule_and_edge_cases() -> None:
     assert lr_at(2, 1.0, (1,), 0.1, 4, 0.0) == pytest.approx(0.1 * 0.5, rel=1e-12)
     with pytest.raises(ValueError):
         lr_at(-1, 0.1, (), 0.1, 0, 1.0)
+
+
+def test_cosine_exact_values_with_warmup() -> None:
+    kw = dict(base_lr=0.02, steps=(5,), gamma=0.1, warmup_iters=2, warmup_factor=0.5,
+              schedule="cosine", max_iter=8)
+    got = [lr_at(i, **kw) for i in (0, 1, 2, 4, 6, 8, 9)]
+    # (1 + cos(pi * i / 8)) / 2: 1, 0.96194, 0.85355, 0.5, 0.14645, 0, 0 (held at 0 past max_iter);
+    # the steps are not used; the warm-up multiplies as with the step schedule (0.5, 0.75)
+    expected = [0.02 * 1.0 * 0.5, 0.02 * 0.9619397662556434 * 0.75, 0.02 * 0.8535533905932737,
+                0.02 * 0.5, 0.02 * 0.14644660940672627, 0.0, 0.0]
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    with pytest.raises(ValueError, match="max_iter"):
+        lr_at(0, 0.1, (), 0.1, 0, 1.0, schedule="cosine")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_at(0, 0.1, (), 0.1, 0, 1.0, schedule="poly")
+
+
+def test_cosine_scheduler_from_config_follows_max_iter() -> None:
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    cfg = toy_config(lr=0.1, lr_steps=[1], max_iter=4, warmup_iters=0, lr_schedule="cosine").train
+    sched = StepWarmupScheduler.from_config(opt, cfg)
+    seen = []
+    for _ in range(5):
+        seen.append(sched.apply())
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.1 * (1 + 0.5**0.5) / 2, 0.05, 0.1 * (1 - 0.5**0.5) / 2, 0.0],
+                                 rel=1e-12, abs=1e-18)
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_unknown_lr_schedule_is_a_config_error() -> None:
+    from fasterrcnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.lr_schedule must be one of"):
+        toy_config(lr_schedule="linear")
 
 
 def test_linear_scaling_rule() -> None:

@@ -1,13 +1,17 @@
-"""Step learning-rate schedule with linear warm-up.
+"""Learning-rate schedules with linear warm-up: the paper's step decay, or a half cosine.
 
 The learning rate of iteration ``it`` (0-based: the first iteration is ``it = 0``) is::
 
-    lr(it) = base_lr * gamma ** (number of steps s with s <= it) * warmup(it)
+    lr(it) = base_lr * decay(it) * warmup(it)
+    step:   decay(it) = gamma ** (number of steps s with s <= it)
+    cosine: decay(it) = (1 + cos(pi * it / max_iter)) / 2        (1 at it = 0, 0 at max_iter)
     warmup(it) = warmup_factor * (1 - it / warmup_iters) + it / warmup_iters   if it < warmup_iters
                = 1                                                              otherwise
 
 so with ``lr_steps = (50000,)`` (py-faster-rcnn's ``stepsize``) iterations ``0..49999`` use
-``base_lr`` and iteration ``50000`` onwards uses ``base_lr * gamma``.
+``base_lr`` and iteration ``50000`` onwards uses ``base_lr * gamma``. The cosine schedule
+(Loshchilov and Hutter's SGDR without restarts; detectron2's ``WarmupCosineLR``) has no steps to
+place: it follows ``max_iter``, lowering the rate a little at a time instead of by 10x twice.
 
 Linear scaling rule (multi-GPU): ``train.lr`` is the learning rate *of the run as configured*;
 it is not rescaled automatically. The global batch is ``train.images_per_batch * world_size``
@@ -22,12 +26,13 @@ The scheduler's whole state is the iteration counter, which keeps resuming trivi
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..config import TrainConfig
+from ..config import LR_SCHEDULES, TrainConfig
 
 
 def lr_at(
@@ -37,11 +42,22 @@ def lr_at(
     gamma: float,
     warmup_iters: int,
     warmup_factor: float,
+    *,
+    schedule: str = "step",
+    max_iter: int | None = None,
 ) -> float:
-    """Learning rate of (0-based) ``iteration`` under step decay with linear warm-up."""
+    """Learning rate of (0-based) ``iteration`` under ``schedule`` ("step": decay by ``gamma`` at
+    each of ``steps``; "cosine": a half cosine to 0 at ``max_iter``) with linear warm-up."""
     if iteration < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
-    factor = gamma ** bisect_right(sorted(steps), iteration)
+    if schedule == "step":
+        factor = gamma ** bisect_right(sorted(steps), iteration)
+    elif schedule == "cosine":
+        if max_iter is None or max_iter <= 0:
+            raise ValueError(f"the cosine schedule needs max_iter > 0, got {max_iter}")
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max_iter))
+    else:
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters
         factor *= warmup_factor * (1.0 - alpha) + alpha
@@ -56,7 +72,8 @@ def scaled_lr(base_lr: float, base_batch: int, global_batch: int) -> float:
 
 
 class StepWarmupScheduler:
-    """Writes :func:`lr_at` of the current iteration into an optimizer's parameter groups.
+    """Writes :func:`lr_at` of the current iteration into an optimizer's parameter groups
+    (step decay by default; ``schedule="cosine"`` with ``max_iter`` for the half cosine).
 
     Use: ``scheduler.apply()`` before the optimizer step of an iteration, ``scheduler.step()``
     after it (also after a skipped step: the schedule follows iterations, not updates).
@@ -72,7 +89,11 @@ class StepWarmupScheduler:
         warmup_iters: int = 0,
         warmup_factor: float = 1.0,
         iteration: int = 0,
+        *,
+        schedule: str = "step",
+        max_iter: int | None = None,
     ) -> None:
+        lr_at(0, base_lr, steps, gamma, 0, 1.0, schedule=schedule, max_iter=max_iter)  # checks
         self.optimizer = optimizer
         self.base_lr = float(base_lr)
         self.steps = tuple(int(s) for s in steps)
@@ -80,6 +101,8 @@ class StepWarmupScheduler:
         self.warmup_iters = int(warmup_iters)
         self.warmup_factor = float(warmup_factor)
         self.iteration = int(iteration)
+        self.schedule = schedule
+        self.max_iter = max_iter
 
     @classmethod
     def from_config(
@@ -93,6 +116,8 @@ class StepWarmupScheduler:
             train.warmup_iters,
             train.warmup_factor,
             iteration,
+            schedule=train.lr_schedule,
+            max_iter=train.max_iter,
         )
 
     def lr(self) -> float:
@@ -104,6 +129,8 @@ class StepWarmupScheduler:
             self.gamma,
             self.warmup_iters,
             self.warmup_factor,
+            schedule=self.schedule,
+            max_iter=self.max_iter,
         )
 
     def apply(self) -> float:
