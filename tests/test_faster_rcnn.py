@@ -255,3 +255,69 @@ def test_head_options_build_and_train_a_step():
     assert model.backbone.shortcut[0][0].weight.grad.abs().sum() > 0
     model.eval()
     assert len(model.predict(images)) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_losses_gradients_and_eight_view_detections():
+    # The demo preset's parts on CUDA (channels-last convolutions, RoIAlign with context, the
+    # eight orientations with agreement fusion) against the same weights on the CPU, where
+    # RoIAlign runs as a sparse product: the same numbers up to float rounding. Given proposals
+    # keep the RoIs the same on both devices. TF32 is off: it rounds convolution inputs to 10
+    # mantissa bits, which is a precision setting, not what this test checks.
+    torch.backends.cudnn.allow_tf32, tf32 = False, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, tf32_mm = False, torch.backends.cuda.matmul.allow_tf32
+    try:
+        _cuda_matches_cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32, tf32_mm
+
+
+def _relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-12))
+
+
+def _cuda_matches_cpu() -> None:
+    torch.manual_seed(0)
+    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.hflip": True,
+                                           "model.test_aug.vflip": True, "model.test_aug.transpose": True,
+                                           "model.test_aug.min_sizes": [96]})
+    cpu = build_model(cfg.model)
+    images, targets = _scene()
+    opt = torch.optim.SGD(cpu.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(30):  # a few steps, so that the detections are not all near the threshold
+        opt.zero_grad()
+        sum(cpu.loss(images, targets).values()).backward()
+        opt.step()
+    gpu = build_model(cfg.model).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    assert len(gpu.views) == 8 and gpu.score_fusion == "agreement"
+    fixed = [torch.tensor([[28.0, 18, 60, 50], [0, 0, 40, 40]]), torch.tensor([[12.0, 38, 70, 70]])]
+    cpu.zero_grad()
+    for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        torch.manual_seed(1)
+        losses = model.loss([im.to(dev) for im in images],
+                            [{k: v.to(dev) for k, v in t.items()} for t in targets],
+                            proposals=[p.to(dev) for p in fixed], stages=("roi",))
+        sum(losses.values()).backward()
+        model.saved = {k: v.detach().cpu() for k, v in losses.items()}
+    for k in cpu.saved:
+        torch.testing.assert_close(gpu.saved[k], cpu.saved[k], rtol=1e-3, atol=1e-4)
+    for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        if p.grad is not None:  # float32 sums in another order: far under 1e-3 of the norm
+            assert _relative_error(q.grad.cpu(), p.grad) < 1e-3, (name, _relative_error(q.grad.cpu(), p.grad))
+    a_all = cpu.predict(images)
+    b_all = gpu.predict([im.cuda() for im in images])
+    for a, b in zip(a_all, b_all):
+        assert b["boxes"].is_cuda and len(a["boxes"]) > 0
+        keep = a["scores"] > 0.1  # rounding can reorder near-threshold candidates only
+        ious = box_iou(a["boxes"][keep], b["boxes"].cpu())
+        best = ious.max(dim=1)
+        assert (best.values > 0.99).all()
+        assert torch.equal(b["labels"].cpu()[best.indices], a["labels"][keep])
+        torch.testing.assert_close(b["scores"].cpu()[best.indices], a["scores"][keep], rtol=1e-3, atol=1e-3)
+    # a whole training step on CUDA, RPN included, gives finite losses and gradients
+    gpu.zero_grad()
+    losses = gpu.loss([im.cuda() for im in images], [{k: v.cuda() for k, v in t.items()} for t in targets])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
