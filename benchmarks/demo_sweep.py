@@ -5,13 +5,18 @@ Each variant is the preset with some config overrides (and, for the data variant
 ``@train_spec.FIELD`` for the training images only; both start from the splits' own settings,
 :data:`~fasterrcnn.data.shapes.SPLIT_SPECS`), trained on ``shapes:train`` (800 images) and scored
 on ``shapes:test`` (200 images) with VOC07 11-point mAP at IoU 0.5, plus the detector's recall by
-object size (score >= 0.3, IoU >= 0.5, right class). Variants run as separate processes, several
-at once (``--parallel``), on the CPU or a GPU: the GPU is for choosing settings quickly; the
-demo's own figure is always measured on 2 CPU cores with ``fasterrcnn demo``.
+object size (score >= 0.3, IoU >= 0.5, right class). With ``--val N`` the first N images of
+``shapes:val`` are scored too, as a whole and in blocks of 200 (the size of the test split: how
+far one 200-image figure moves for a fixed model); choose settings on val, not on test. A name
+``VARIANT.sK`` is the variant trained with ``train.seed = K``. Variants run as separate
+processes, several at once (``--parallel``), on the CPU or a GPU: the GPU is for choosing
+settings quickly; the demo's own figure is always measured on 2 CPU cores with
+``fasterrcnn demo``.
 
 Usage::
 
     python benchmarks/demo_sweep.py --device cuda --parallel 8 --out /tmp/sweep base stride4
+    python benchmarks/demo_sweep.py --val 600 --out /tmp/sweep base base.s1 cosine cosine.s1
     python benchmarks/demo_sweep.py --list
 
 Results: one ``OUT/NAME.json`` per variant and a table on stdout.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 SIZE_EDGES = (24.0, 48.0, 96.0)
+BLOCK = 200  # images per val block: the size of the test split
 
 
 def _steps(iters: int) -> dict[str, Any]:
@@ -145,6 +151,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                         "train.seed": 3},
     "roi128-i2000": {"model.roi_head.batch_size_per_image": 128, **_steps(2000)},
     "roi128-i2000-seed1": {"model.roi_head.batch_size_per_image": 128, **_steps(2000), "train.seed": 1},
+    "cosine": {"train.lr_schedule": "cosine"},
+    "cosine-lr03": {"train.lr_schedule": "cosine", "train.lr": 0.03},
+    "i3600": _steps(3600),
+    "width40": {"model.backbone.width": 40},
+    "rpn-post600": {"model.rpn.post_nms_top_n_train": 600},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }
@@ -173,18 +184,43 @@ def _size_recall(dets: list[dict], anns: list) -> dict[str, Any]:
     return {n: round(float(f / max(t, 1)), 3) for n, f, t in zip(names, found, total)}
 
 
-def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
+def variant_changes(name: str) -> dict[str, Any]:
+    """The overrides of ``name``: a variant of VARIANTS, or ``VARIANT.sK`` (with train.seed K)."""
+    base, dot, seed = name.rpartition(".s")
+    if dot and base in VARIANTS and seed.isdigit():
+        return {**VARIANTS[base], "train.seed": int(seed)}
+    if name not in VARIANTS:
+        raise KeyError(name)
+    return VARIANTS[name]
+
+
+def _split_scores(dets: list[dict], anns: list, classes: Any) -> dict[str, Any]:
+    """VOC07 mAP, all-point mAP and misses (objects no detection of their class finds at IoU
+    > 0.5, at any score) of detections aligned with the annotations ``anns``."""
+    from fasterrcnn.evaluation import evaluate_voc
+
+    voc07 = evaluate_voc(anns, dets, classes, use_07_metric=True)
+    allpoint = evaluate_voc(anns, dets, classes, use_07_metric=False)
+    misses = sum(
+        round(n * (1.0 - (pr["recall"][-1] if pr["recall"] else 0.0)))
+        for n, pr in zip(voc07["num_gt"].values(), voc07["pr"].values())
+    )
+    return {"mAP": round(voc07["mAP"], 4), "all_point": round(allpoint["mAP"], 4), "misses": int(misses),
+            "AP": {k: round(v, 3) for k, v in voc07["AP"].items() if v is not None}}
+
+
+def run_one(name: str, device: str, out: Path, threads: int, val: int = 0) -> dict[str, Any]:
     import torch
 
     from fasterrcnn.config import override, preset
     from fasterrcnn.data.dataset import InMemoryDataset
     from fasterrcnn.data.shapes import SPLIT_SPECS, ShapesDataset
     from fasterrcnn.engine.checkpoint import load_model
-    from fasterrcnn.engine.inference import run_inference, score
+    from fasterrcnn.engine.inference import run_inference
     from fasterrcnn.engine.trainer import train
 
     torch.set_num_threads(threads)
-    changes = VARIANTS[name]
+    changes = variant_changes(name)
     both = {k[6:]: v for k, v in changes.items() if k.startswith("@spec.")}
     spec = dataclasses.replace(SPLIT_SPECS["test"], **both)
     train_only = {k[12:]: v for k, v in changes.items() if k.startswith("@train_spec.")}
@@ -200,15 +236,24 @@ def run_one(name: str, device: str, out: Path, threads: int) -> dict[str, Any]:
     train_s = time.time() - start - data_s
     model, _, _ = load_model(out / name / "model_final.pt", device=device)
     dets = run_inference(model, test_set, batch_size=8, device=device)
-    result = score(dets, test_set, "voc07")
     anns = [test_set.annotation(i) for i in range(len(test_set))]
+    test = _split_scores(dets, anns, test_set.classes)
     row = {
         "variant": name, "changes": changes, "device": device, "threads": threads,
-        "mAP": round(result["mAP"], 4), "AP": {k: round(v, 3) for k, v in result["AP"].items()},
+        "mAP": test["mAP"], "AP": test["AP"], "all_point": test["all_point"], "misses": test["misses"],
         "recall_by_size": _size_recall(dets, anns), "iterations": summary["iteration"],
         "data_s": round(data_s, 1), "train_s": round(train_s, 1),
         "it_per_s": round(summary["iteration"] / max(train_s, 1e-9), 2),
     }
+    if val:
+        val_set = ShapesDataset("val", val, seed=0, spec=dataclasses.replace(SPLIT_SPECS["val"], **both))
+        val_dets = run_inference(model, val_set, batch_size=8, device=device)
+        val_anns = [val_set.annotation(i) for i in range(val)]
+        row["val"] = {"images": val, **_split_scores(val_dets, val_anns, val_set.classes)}
+        blocks = [_split_scores(val_dets[a:a + BLOCK], val_anns[a:a + BLOCK], val_set.classes)
+                  for a in range(0, val, BLOCK)]
+        row["val"]["blocks"] = [b["mAP"] for b in blocks]
+        row["val"]["block_mean"] = round(sum(row["val"]["blocks"]) / len(blocks), 4)
     (out / f"{name}.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -220,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1, help="variants trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    p.add_argument("--val", type=int, default=0,
+                   help="also score the first N shapes:val images (and blocks of 200)")
     p.add_argument("--out", default="runs/demo_sweep")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="stop waiting (and kill what still runs) after this many minutes")
@@ -232,10 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:16s} {json.dumps(changes)}")
         return 0
     if args.run:
-        run_one(args.run, args.device, out, args.threads)
+        run_one(args.run, args.device, out, args.threads, args.val)
         return 0
     names = args.variants or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = []
+    for n in names:
+        try:
+            variant_changes(n)
+        except KeyError:
+            unknown.append(n)
     if unknown:
         p.error(f"unknown variants: {unknown}; see --list")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -246,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             name = pending.pop(0)
             log = open(out / f"{name}.log", "w")
             cmd = [sys.executable, __file__, "--run", name, "--device", args.device,
-                   "--threads", str(args.threads), "--out", str(out)]
+                   "--threads", str(args.threads), "--out", str(out), "--val", str(args.val)]
             running[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         for name, proc in list(running.items()):
             if proc.poll() is not None:
@@ -258,14 +310,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: killed at the deadline", flush=True)
             break
         time.sleep(2)
-    print(f"\n{'variant':16s} {'mAP':>6s} {'it/s':>6s} {'train s':>8s}  recall by size")
+    print(f"\n{'variant':20s} {'test':>6s} {'miss':>4s} {'it/s':>6s} {'train s':>7s}  "
+          f"{'val':>6s} {'miss':>4s} {'blocks':>20s} {'mean':>6s}  recall by size (test)")
     for name in names:
         path = out / f"{name}.json"
         if not path.exists():
-            print(f"{name:16s} (no result; see {out / (name + '.log')})")
+            print(f"{name:20s} (no result; see {out / (name + '.log')})")
             continue
         r = json.loads(path.read_text())
-        print(f"{name:16s} {r['mAP']:6.3f} {r['it_per_s']:6.2f} {r['train_s']:8.0f}  {r['recall_by_size']}  {r['AP']}")
+        v = r.get("val")
+        vals = (f"{v['mAP']:6.3f} {v['misses']:4d} {' '.join(f'{b:.3f}' for b in v['blocks']):>20s} "
+                f"{v['block_mean']:6.3f}") if v else ""
+        print(f"{name:20s} {r['mAP']:6.3f} {r.get('misses', -1):4d} {r['it_per_s']:6.2f} "
+              f"{r['train_s']:7.0f}  {vals}  {r['recall_by_size']}")
     return 0
 
 
