@@ -156,6 +156,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "i3600": _steps(3600),
     "width40": {"model.backbone.width": 40},
     "rpn-post600": {"model.rpn.post_nms_top_n_train": 600},
+    # dense auxiliary loss: feature cells labelled from the gt boxes (modeling/semantic.py)
+    "seg1": {"model.semantic.loss_weight": 1.0},
+    "seg05": {"model.semantic.loss_weight": 0.5},
+    "seg2": {"model.semantic.loss_weight": 2.0},
+    "seg1-c64": {"model.semantic.loss_weight": 1.0, "model.semantic.conv_channels": 64},
+    # the full rate for longer within the preset's 2400 iterations (decay at 86% and 96%)
+    "late-decay": {"train.lr_steps": [2064, 2304]},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

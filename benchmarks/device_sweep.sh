@@ -4,7 +4,7 @@
 # shapes:test and on the first VAL shapes:val images (blocks of 200). Everything lands in
 # $OUT as a handful of files (the tool returns at most 8).
 #
-#   run: [VAL=N] bash benchmarks/device_sweep.sh [DEADLINE_MIN] [VARIANT ...]      (carry: .whl)
+#   run: [VAL=N] [SWEEP_S=S] bash benchmarks/device_sweep.sh [DEADLINE_MIN] [VARIANT ...]      (carry: .whl)
 #
 # .whl holds wheels the machine lacks (pycocotools for its Python); see benchmarks/RESULTS.md.
 # Size it to the call: on an H200 the runs share about 40-45 training steps/s in all, whatever
@@ -34,7 +34,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   echo "pytest exit $?" >> "$OUT/pytest.log" ) &
 PYTEST=$!
 
-python3 benchmarks/demo_sweep.py --device cuda --parallel ${#VARIANTS[@]} --threads 1 --val "${VAL:-200}" \
+# (SWEEP_S: a hard stop for the sweep, so the archive below is made inside the call's limit)
+timeout "${SWEEP_S:-560}" python3 benchmarks/demo_sweep.py --device cuda --parallel ${#VARIANTS[@]} --threads 1 --val "${VAL:-200}" \
     --deadline-min "$DEADLINE" --out /tmp/sweep "${VARIANTS[@]}" > "$OUT/sweep.txt" 2>&1
 wait $PYTEST
 tar -czf "$OUT/sweep.tar.gz" --exclude='*.pt' --exclude='events.*' -C /tmp sweep

@@ -194,6 +194,25 @@ class TestAugConfig:
 
 
 @dataclass(frozen=True)
+class SemanticConfig:
+    """A dense auxiliary loss on the shared feature map (off by default, as in the paper): each
+    feature cell is labelled with the class of the smallest gt box holding its centre (0 where
+    none does), and a 1x1 conv (after a 3x3 conv + ReLU when ``conv_channels`` > 0) learns those
+    labels with cross-entropy, weighted by ``loss_weight``. Training only: detection is
+    unchanged in cost. See modeling/semantic.py."""
+
+    loss_weight: float = 0.0  # 0 = off
+    conv_channels: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss_weight < 0 or self.conv_channels < 0:
+            raise ConfigError(
+                f"semantic.loss_weight and semantic.conv_channels must be >= 0, got "
+                f"{self.loss_weight}, {self.conv_channels}"
+            )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 20  # object classes, background excluded
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -202,6 +221,7 @@ class ModelConfig:
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     test_aug: TestAugConfig = field(default_factory=TestAugConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
     # backbone and RPN convolutions in channels-last (NHWC) memory: the same numbers up to
     # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
     # with mixed precision on GPUs

@@ -75,13 +75,14 @@ STEP_TITLES = (
 )
 STEP_STAGES: tuple[tuple[str, ...], ...] = (("rpn",), ("roi",), ("rpn",), ("roi",))
 # the top-level parts of FasterRCNN each step trains (all other parameters are frozen)
+# ("semantic": the optional dense auxiliary head trains with the shared convs, steps 1-2)
 STEP_TRAINED: tuple[tuple[str, ...], ...] = (
-    ("backbone", "rpn"),
-    ("backbone", "roi_heads"),
+    ("backbone", "rpn", "semantic"),
+    ("backbone", "roi_heads", "semantic"),
     ("rpn",),
     ("roi_heads",),
 )
-PARTS = ("backbone", "rpn", "roi_heads")
+PARTS = ("backbone", "rpn", "roi_heads", "semantic")
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -127,8 +128,9 @@ def set_trainable(model: nn.Module, parts: Sequence[str]) -> None:
     """Freeze every top-level part of the detector not in ``parts``; leave those in ``parts``
     as built (a backbone keeps its own frozen stages, e.g. VGG's conv1-conv2)."""
     for name in PARTS:
-        if name not in parts:
-            getattr(model, name).requires_grad_(False)
+        part = getattr(model, name, None)
+        if name not in parts and part is not None:
+            part.requires_grad_(False)
 
 
 def merge_states(

@@ -4,7 +4,8 @@ Shapes: N images; per image G ground-truth boxes, P proposals, D detections.
 
 Entry points (no hidden train/eval switch):
   * ``model.loss(images, targets)`` -> dict of losses (``rpn_cls``, ``rpn_reg``, ``roi_cls``,
-    ``roi_reg``): approximate joint training, proposals treated as constants;
+    ``roi_reg``; ``semantic`` with the optional dense auxiliary head): approximate joint
+    training, proposals treated as constants;
   * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
     pixels, ``labels`` [D] (1..K), ``scores`` [D]; runs in inference mode (BN/dropout in eval);
   * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
@@ -36,6 +37,7 @@ from .postprocess import view_agreement_scores
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
+from .semantic import SemanticHead
 from .transform import ImageBatch, InputTransform, Orientation, scale_boxes
 
 STAGES = ("rpn", "roi")
@@ -101,14 +103,18 @@ class FasterRCNN(nn.Module):
         views: Sequence[InferenceView] = (),
         score_fusion: str = "max",
         channels_last: bool = False,
+        semantic: SemanticHead | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
+        self.semantic = semantic  # dense auxiliary loss on the features (training only), or None
         self.channels_last = channels_last  # NHWC memory for the convolutions (see ModelConfig)
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
             rpn.to(memory_format=torch.channels_last)
+            if semantic is not None:
+                semantic.to(memory_format=torch.channels_last)
         self.roi_heads = roi_heads
         self.transform = transform
         self.num_classes = num_classes
@@ -148,6 +154,8 @@ class FasterRCNN(nn.Module):
             else:
                 props = self._scaled_proposals(proposals, batch)
             losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes))
+        if self.semantic is not None:
+            losses["semantic"] = self.semantic.loss(features, batch.image_sizes, gt_boxes, gt_labels)
         return losses
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
@@ -336,5 +344,10 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test,
                             vflip=aug.vflip, transpose=aug.transpose) if (
         aug.min_sizes or aug.hflip or aug.vflip or aug.transpose) else ()
+    sem = cfg.semantic
+    semantic = SemanticHead(backbone.out_channels, cfg.num_classes, stride=backbone.stride,
+                            conv_channels=sem.conv_channels, loss_weight=sem.loss_weight
+                            ) if sem.loss_weight > 0 else None
     return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views,
-                      score_fusion=aug.score_fusion, channels_last=cfg.channels_last)
+                      score_fusion=aug.score_fusion, channels_last=cfg.channels_last,
+                      semantic=semantic)
