@@ -163,6 +163,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "seg1-c64": {"model.semantic.loss_weight": 1.0, "model.semantic.conv_channels": 64},
     # the full rate for longer within the preset's 2400 iterations (decay at 86% and 96%)
     "late-decay": {"train.lr_steps": [2064, 2304]},
+    # Fast R-CNN's background RoIs from IoU [0.1, 0.5) only (the preset: [0, 0.5))
+    "bg-lo01": {"model.roi_head.bg_iou_thresh_lo": 0.1},
+    # one box regressor for all classes: every foreground RoI trains it (the preset: per class)
+    "agnostic": {"model.roi_head.class_agnostic_reg": True},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

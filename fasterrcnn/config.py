@@ -92,6 +92,8 @@ class RoIHeadConfig:
     add_gt_as_proposals: bool = True
     positive_weighting: str = "roi"  # "roi": every sampled RoI weighs 1 (the paper); "box": see RPN
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # 1 / (.1,.1,.2,.2)
+    # one box regressor shared by all classes (4 outputs) instead of one per class (the paper)
+    class_agnostic_reg: bool = False
     smooth_l1_beta: float = 1.0
     # box regression loss: "smooth_l1" on the encoded deltas (the paper) or "giou", 1 - the
     # generalized IoU of the decoded box with its gt box (Rezatofighi et al. 2019; mmdetection

@@ -206,3 +206,46 @@ def test_context_pooling_concatenates_the_enlarged_box():
     torch.testing.assert_close(out[:, 6:], plain(feats, [torch.tensor([[0.0, 0.0, 40.0, 80.0]])]))
     with pytest.raises(ValueError, match="context_scales"):
         RoIPooler("roi_align", 7, 8, context_scales=(0.0,))
+
+
+def test_class_agnostic_predictor_repeats_one_box_per_class():
+    torch.manual_seed(0)
+    pred = BoxPredictor(8, 3, class_agnostic=True)
+    assert pred.bbox_pred.weight.shape == (4, 8)
+    x = torch.randn(5, 8)
+    logits, deltas = pred(x)
+    assert logits.shape == (5, 4) and deltas.shape == (5, 16)
+    per_class = deltas.view(5, 4, 4)
+    for c in range(4):  # the same 4 deltas for background and every class
+        torch.testing.assert_close(per_class[:, c], pred.bbox_pred(x))
+
+
+def test_class_agnostic_regression_trains_one_regressor_from_every_class():
+    torch.manual_seed(0)
+    heads = RoIHeads(RoIPooler("roi_align", 7, 16), BoxHead(4 * 49, 32), BoxPredictor(32, 3, class_agnostic=True),
+                     matcher=ROI_MATCHER, sampler=Sampler(16, 0.25), coder=BoxCoder((10, 10, 5, 5)))
+    feats = torch.randn(1, 4, 8, 8)
+    props = [torch.tensor([[0.0, 0, 40, 40], [60, 60, 120, 110]])]
+    gts = [torch.tensor([[2.0, 0, 40, 44], [60.0, 64, 118, 110]])]
+    losses = heads.loss(feats, props, gts, [torch.tensor([1, 3])])
+    assert losses["roi_reg"] > 0
+    losses["roi_reg"].backward()
+    grad = heads.predictor.bbox_pred.weight.grad
+    assert grad is not None and grad.abs().sum() > 0 and grad.shape == (4, 32)
+    # detection decodes the shared deltas for every class: same box whatever the class
+    scores, boxes = heads.class_boxes(feats, props, [(128, 128)])[0]
+    assert boxes.shape == (2, 3, 4)
+    torch.testing.assert_close(boxes[:, 0], boxes[:, 2])
+
+
+def test_class_agnostic_config_builds_the_smaller_head():
+    from fasterrcnn.config import override, preset
+    from fasterrcnn.modeling.faster_rcnn import build_model
+
+    cfg = override(preset("tiny-shapes"), {"model.roi_head.class_agnostic_reg": True,
+                                           "model.roi_head.cascade_ious": [0.6]})
+    model = build_model(cfg.model)
+    assert model.roi_heads.predictor.bbox_pred.out_features == 4
+    assert model.roi_heads.stages[0].predictor.bbox_pred.out_features == 4
+    default = build_model(preset("tiny-shapes").model)
+    assert default.roi_heads.predictor.bbox_pred.out_features == 4 * 6

@@ -299,7 +299,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     stages = [
         RefineStage(
             BoxHead(in_features, h.representation_size, h.dropout),
-            BoxPredictor(h.representation_size, cfg.num_classes),
+            BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg),
             matcher=Matcher(iou, iou, 0.0, False),
             coder=BoxCoder(tuple(w * k for w in h.box_weights)),
             loss_weight=h.cascade_loss_weight ** (k - 1),
@@ -309,7 +309,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     roi_heads = RoIHeads(
         pooler,
         box_head,
-        BoxPredictor(h.representation_size, cfg.num_classes),
+        BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg),
         matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh_hi, h.bg_iou_thresh_lo, False),
         sampler=Sampler(h.batch_size_per_image, h.positive_fraction),
         coder=BoxCoder(h.box_weights),

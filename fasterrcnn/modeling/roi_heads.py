@@ -43,19 +43,30 @@ class BoxHead(nn.Module):
 
 
 class BoxPredictor(nn.Module):
-    """cls_score (K+1) and class-specific bbox_pred (4(K+1))."""
+    """cls_score (K+1) and class-specific bbox_pred (4(K+1)).
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    With ``class_agnostic`` bbox_pred has 4 outputs, one box for every class (detectron2's
+    ``CLS_AGNOSTIC_BBOX_REG``, mmdetection's ``reg_class_agnostic``): every foreground RoI trains
+    the same regressor. The output is still [R, 4(K+1)] (the 4 deltas repeated per class), so
+    losses, decoding and cascade stages do not change.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, class_agnostic: bool = False) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.class_agnostic = class_agnostic
         self.cls_score = nn.Linear(in_features, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+        self.bbox_pred = nn.Linear(in_features, 4 if class_agnostic else 4 * (num_classes + 1))
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.cls_score(x), self.bbox_pred(x)
+        deltas = self.bbox_pred(x)
+        if self.class_agnostic:
+            deltas = deltas.repeat(1, self.num_classes + 1)
+        return self.cls_score(x), deltas
 
 
 def _match_rois(proposals: Tensor, gt_boxes: Tensor, matcher: Matcher) -> Tensor:
