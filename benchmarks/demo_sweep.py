@@ -167,6 +167,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bg-lo01": {"model.roi_head.bg_iou_thresh_lo": 0.1},
     # one box regressor for all classes: every foreground RoI trains it (the preset: per class)
     "agnostic": {"model.roi_head.class_agnostic_reg": True},
+    # each RoI also pooled 2.5x its size: more of what hides a partly hidden object
+    "ctx15-25": {"model.roi_head.context_scales": [1.5, 2.5]},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

@@ -63,3 +63,50 @@ def test_add_gt_and_best_iou():
     assert merged[0].shape == (2, 4)
     torch.testing.assert_close(best_iou(merged[0], gts[0]), torch.tensor([0.5, 1.0]))
     torch.testing.assert_close(best_iou(props[0], torch.zeros(0, 4)), torch.tensor([0.0]))
+
+
+def _select_by_decoding_everything(anchors, scores, deltas, size, coder, pre_nms_top_n, min_size):
+    """The reference order of the paper's proposal layer: decode and clip every anchor, drop the
+    invalid (non-finite, small) boxes, then keep the top-N by score."""
+    from torchvision.ops import clip_boxes_to_image, remove_small_boxes
+
+    boxes = clip_boxes_to_image(coder.decode(deltas, anchors), size)
+    keep = (torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)).nonzero(as_tuple=True)[0]
+    keep = keep[remove_small_boxes(boxes[keep], min_size)]
+    s, top = scores[keep].topk(min(pre_nms_top_n, len(keep)))
+    return boxes[keep][top], s
+
+
+def test_decoding_only_the_best_anchors_gives_the_same_boxes():
+    g = torch.Generator().manual_seed(0)
+    coder = BoxCoder()
+    for trial in range(6):
+        n = 3000
+        xy = torch.rand(n, 2, generator=g) * 200 - 20
+        wh = torch.rand(n, 2, generator=g) * 60 + 1  # many anchors below min_size after clipping
+        anchors = torch.cat((xy, xy + wh), dim=1)
+        scores = torch.randn(n, generator=g)
+        deltas = torch.randn(n, 4, generator=g) * 0.5
+        bad = torch.randperm(n, generator=g)[:300]
+        scores[bad[:100]] = float("nan")
+        scores[bad[100:150]] = float("inf")
+        scores[bad[150:200]] = float("-inf")
+        deltas[bad[200:], 1] = float("nan")
+        if trial % 2:  # most of the best-scored boxes tiny: the search must look further down
+            scores[wh.min(dim=1).values < 8] += 10.0
+        top_n = (50, 400, 2000)[trial % 3]
+        ref_boxes, ref_scores = _select_by_decoding_everything(
+            anchors, scores, deltas, (160, 180), coder, top_n, 8.0)
+        from fasterrcnn.modeling.proposals import _top_valid_boxes
+
+        boxes, s = _top_valid_boxes(anchors, scores, deltas, (160, 180), coder=coder, top_n=top_n,
+                                    min_size=8.0)
+        assert len(boxes) == min(top_n, len(ref_boxes))
+        torch.testing.assert_close(boxes, ref_boxes, rtol=0, atol=0)
+        torch.testing.assert_close(s, ref_scores, rtol=0, atol=0)
+        assert torch.isfinite(boxes).all() and torch.isfinite(s).all()
+
+
+def test_no_valid_box_at_all():
+    boxes, scores = _select(torch.full((1, len(ANCHORS)), float("nan")))
+    assert boxes[0].shape == (0, 4) and scores[0].shape == (0,)

@@ -119,3 +119,27 @@ def test_box_weighting_counts_each_box_once():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="positive_weighting"):
         _rpn(weighting="gt")
+
+
+def test_label_anchors_matches_only_inside_anchors_as_if_matching_all():
+    """Matching the inside anchors alone gives what matching every anchor with the outside ones
+    masked (IoU -1: ignored, never a low-quality best) gives."""
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        xy = torch.rand(2000, 2, generator=g) * 140 - 20
+        anchors = torch.cat((xy, xy + torch.rand(2000, 2, generator=g) * 60 + 4), dim=1)
+        n_gt = (0, 1, 3, 8, 8)[trial]
+        gxy = torch.rand(n_gt, 2, generator=g) * 80
+        gt = torch.cat((gxy, gxy + torch.rand(n_gt, 2, generator=g) * 40 + 2), dim=1)
+        if trial == 4:
+            gt[1] = gt[0]  # two identical gt boxes: ties in the low-quality matches
+        inside = (anchors[:, :2] >= 0).all(dim=1) & (anchors[:, 2] <= 120) & (anchors[:, 3] <= 100)
+        iou = box_iou(gt, anchors) if n_gt else torch.zeros(0, len(anchors))
+        iou[:, ~inside] = -1.0
+        expected = RPN_MATCHER(iou)
+        expected[~inside] = IGNORE
+        got = label_anchors(anchors, gt, (100, 120), matcher=RPN_MATCHER, straddle_thresh=0.0)
+        assert torch.equal(got, expected)
+        assert (got[~inside] == IGNORE).all()

@@ -38,20 +38,43 @@ def select_proposals(
     out_boxes: list[Tensor] = []
     out_scores: list[Tensor] = []
     for i, size in enumerate(image_sizes):
-        boxes = coder.decode(deltas[i].detach(), anchors)
-        s = scores[i].detach()
-        boxes = clip_boxes_to_image(boxes, tuple(size))
-        finite = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
-        keep = finite.nonzero(as_tuple=True)[0]
-        keep = keep[remove_small_boxes(boxes[keep], min_size)]
-        boxes, s = boxes[keep], s[keep]
-        if s.numel() > pre_nms_top_n:
-            s, top = s.topk(pre_nms_top_n)
-            boxes = boxes[top]
+        boxes, s = _top_valid_boxes(anchors, scores[i].detach(), deltas[i].detach(), tuple(size),
+                                    coder=coder, top_n=pre_nms_top_n, min_size=min_size)
         keep = nms(boxes.float(), s.float(), nms_thresh)[:post_nms_top_n]
         out_boxes.append(boxes[keep])
         out_scores.append(s[keep])
     return out_boxes, out_scores
+
+
+def _top_valid_boxes(
+    anchors: Tensor,
+    scores: Tensor,
+    deltas: Tensor,
+    size: tuple[int, int],
+    *,
+    coder: BoxCoder,
+    top_n: int,
+    min_size: float,
+) -> tuple[Tensor, Tensor]:
+    """The ``top_n`` highest-scoring valid boxes of one image (decoded and clipped; valid:
+    finite score and box, at least ``min_size`` on both sides), best first.
+
+    The same boxes as decoding every anchor, dropping the invalid ones and taking the top
+    ``top_n``, but only the best-scored anchors are decoded: first twice ``top_n`` of them, more
+    only when too few of those are valid.
+    """
+    ranked = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+    k = min(len(scores), 2 * top_n)
+    while True:
+        s, top = ranked.topk(k)  # sorted, best first
+        boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
+        valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
+        keep = valid.nonzero(as_tuple=True)[0]
+        keep = keep[remove_small_boxes(boxes[keep], min_size)]
+        if len(keep) >= top_n or k == len(scores):
+            keep = keep[:top_n]
+            return boxes[keep], scores[top[keep]]
+        k = min(len(scores), 2 * k)
 
 
 def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:

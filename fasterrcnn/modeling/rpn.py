@@ -19,7 +19,7 @@ from torchvision.ops import box_iou
 from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder
 from .losses import box_balanced_example_weights, detection_losses
-from .matching import BACKGROUND, Matcher
+from .matching import BACKGROUND, IGNORE, Matcher
 from .proposals import select_proposals
 from .sampling import Sampler
 
@@ -81,14 +81,14 @@ def label_anchors(
     Anchors crossing the image boundary (by more than ``straddle_thresh``) are ignored and never
     take part in matching, as in the paper's training.
     """
-    inside = inside_image(anchors, image_size, straddle_thresh)
+    inside = inside_image(anchors, image_size, straddle_thresh).nonzero(as_tuple=True)[0]
+    # only the anchors inside take part: IoU and matching over that subset (often half of them)
+    matched = torch.full((len(anchors),), IGNORE, dtype=torch.int64, device=anchors.device)
     if len(gt_boxes):
-        iou = box_iou(gt_boxes.to(anchors.dtype), anchors)
+        iou = box_iou(gt_boxes.to(anchors.dtype), anchors[inside])
     else:
-        iou = anchors.new_zeros((0, len(anchors)))
-    iou[:, ~inside] = -1.0
-    matched = matcher(iou)
-    matched[~inside] = -2  # IGNORE; also when there is no gt box at all
+        iou = anchors.new_zeros((0, len(inside)))
+    matched[inside] = matcher(iou)
     return matched
 
 
