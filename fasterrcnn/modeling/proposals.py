@@ -3,7 +3,8 @@
 Shapes: N images, R anchors per image (all positions x A), P proposals kept per image.
 
 Per image: decode all anchors, clip to the image, drop boxes smaller than ``min_size``, keep the
-``pre_nms_top_n`` highest-scoring, NMS at ``nms_thresh``, keep the ``post_nms_top_n`` best.
+``pre_nms_top_n`` highest-scoring, NMS at ``nms_thresh``, keep the ``post_nms_top_n`` best (in
+practice only the best-scored anchors are decoded, with the same result).
 Non-finite scores or boxes (a diverging network) are dropped, never passed on.
 """
 
@@ -60,8 +61,9 @@ def _top_valid_boxes(
     finite score and box, at least ``min_size`` on both sides), best first.
 
     The same boxes as decoding every anchor, dropping the invalid ones and taking the top
-    ``top_n``, but only the best-scored anchors are decoded: first twice ``top_n`` of them, more
-    only when too few of those are valid.
+    ``top_n`` (up to the order among exactly equal scores, which ``topk`` leaves open either
+    way), but only the best-scored anchors are decoded: first twice ``top_n`` of them, more only
+    when too few of those are valid.
     """
     ranked = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
     k = min(len(scores), 2 * top_n)
