@@ -3,7 +3,7 @@ import math
 import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.proposals import add_gt_boxes, best_iou, select_proposals
+from fasterrcnn.modeling.proposals import _top_valid_boxes, add_gt_boxes, best_iou, select_proposals
 
 ANCHORS = torch.tensor(
     [
@@ -97,8 +97,6 @@ def test_decoding_only_the_best_anchors_gives_the_same_boxes():
         top_n = (50, 400, 2000)[trial % 3]
         ref_boxes, ref_scores = _select_by_decoding_everything(
             anchors, scores, deltas, (160, 180), coder, top_n, 8.0)
-        from fasterrcnn.modeling.proposals import _top_valid_boxes
-
         boxes, s = _top_valid_boxes(anchors, scores, deltas, (160, 180), coder=coder, top_n=top_n,
                                     min_size=8.0)
         assert len(boxes) == min(top_n, len(ref_boxes))
