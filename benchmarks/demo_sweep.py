@@ -171,6 +171,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ctx15-25": {"model.roi_head.context_scales": [1.5, 2.5]},
     # what the 7% faster RPN step of 2026-12-05 buys in the same training time
     "i2600": _steps(2600),
+    # session 15: batch padding that changes nothing (model.mask_padding)
+    "maskpad": {"model.mask_padding": True},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }

@@ -226,6 +226,12 @@ class ModelConfig:
     # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
     # with mixed precision on GPUs
     channels_last: bool = False
+    # batch padding changes nothing: every image gets the features, proposals and detections it
+    # gets alone (the backbone's padding is zeroed before each conv and pool, anchors of padding
+    # cells are dropped, RoIs pool from their own image's part of the map; modeling/padding.py).
+    # Off: padding leaks into the cells near each image's bottom and right edges, as in most
+    # detectors, so results depend a little on the batch
+    mask_padding: bool = False
 
 
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer: the paper's SGD, or AdamW

@@ -92,6 +92,31 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
     assert "--tta-sizes expects integers" in capsys.readouterr().err
 
 
+def test_eval_with_masked_padding_does_not_depend_on_the_batch_size(demo_dir, tmp_path):
+    import argparse
+
+    from fasterrcnn.cli.common import apply_test_time_options
+    from fasterrcnn.engine.checkpoint import load_model
+
+    dets = {}
+    for bs in (1, 3):
+        out = tmp_path / f"bs{bs}"
+        assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:3",
+                     "--mask-padding", "--no-tta", "--batch-size", str(bs), "--out", str(out),
+                     "--no-progress"]) == 0
+        dets[bs] = json.loads((out / "detections.json").read_text())
+    assert len(dets[1]) == len(dets[3]) > 0
+    for a, b in zip(sorted(dets[1], key=lambda d: (d["image_id"], -d["score"])),
+                    sorted(dets[3], key=lambda d: (d["image_id"], -d["score"]))):
+        assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    model, cfg, _ = load_model(demo_dir / "model_final.pt")
+    apply_test_time_options(model, cfg, argparse.Namespace(mask_padding=False))
+    assert model.mask_padding is False
+    apply_test_time_options(model, cfg, argparse.Namespace(mask_padding=True))
+    assert model.mask_padding is True
+
+
 def test_eval_proposal_recall(demo_dir, tmp_path):
     out = tmp_path / "recall"
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:3",

@@ -128,8 +128,9 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
 
 def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
     """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose``,
-    ``--tta-fusion`` and ``--box-vote`` on a loaded model."""
+    ``--tta-fusion``, ``--mask-padding`` and ``--box-vote`` on a loaded model."""
     from ..modeling.faster_rcnn import inference_views
+    from ..modeling.padding import check_maskable
 
     sizes_text = getattr(args, "tta_sizes", None)
     flip = bool(getattr(args, "tta_flip", False))
@@ -154,6 +155,14 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
     fusion = getattr(args, "tta_fusion", None)
     if fusion is not None:
         model.score_fusion = fusion
+    mask = getattr(args, "mask_padding", None)
+    if mask is not None:
+        if mask:
+            try:
+                check_maskable(model.backbone)
+            except ValueError as exc:
+                raise ConfigError(f"--mask-padding: {exc}") from None
+        model.mask_padding = bool(mask)
     vote = getattr(args, "box_vote", None)
     if vote is not None:
         if not 0.0 <= vote <= 1.0:

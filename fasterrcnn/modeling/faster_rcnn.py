@@ -13,7 +13,8 @@ Test-time augmentation (``model.views``, off by default): ``predict`` runs every
 an orientation: mirrored, upside down, transposed or plain), maps each view's per-class candidate boxes back to the image and pools them
 before the detector's NMS.
 ``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
-[G, 4] and ``labels`` [G].
+[G, 4] and ``labels`` [G]. With ``mask_padding`` (off by default) each image's features,
+proposals and detections are those it gets alone, whatever its batch mates (:mod:`.padding`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .box_coding import BoxCoder
 from .cascade import RefineStage
 from .quality import IoUPredictor
 from .matching import Matcher
+from .padding import PaddingMasker, check_maskable, zero_padding
 from .pooler import RoIPooler
 from .postprocess import view_agreement_scores
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads
@@ -104,8 +106,12 @@ class FasterRCNN(nn.Module):
         score_fusion: str = "max",
         channels_last: bool = False,
         semantic: SemanticHead | None = None,
+        mask_padding: bool = False,
     ) -> None:
         super().__init__()
+        if mask_padding:
+            check_maskable(backbone)
+        self.mask_padding = mask_padding  # batch padding changes nothing (see ModelConfig)
         self.backbone = backbone
         self.rpn = rpn
         self.semantic = semantic  # dense auxiliary loss on the features (training only), or None
@@ -141,7 +147,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         batch = self.transform(images, training=True)
         gt_boxes, gt_labels = self._scaled_targets(targets, batch)
-        features = self.features(batch.tensor)
+        features, feature_sizes = self._shared_features(batch)
         losses: dict[str, Tensor] = {}
         out = None
         if "rpn" in stages or proposals is None:
@@ -150,10 +156,11 @@ class FasterRCNN(nn.Module):
             losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes))
         if "roi" in stages:
             if proposals is None:
-                props, _ = self.rpn.propose(out, batch.image_sizes, training=True)
+                props, _ = self.rpn.propose(out, batch.image_sizes, training=True, feature_sizes=feature_sizes)
             else:
                 props = self._scaled_proposals(proposals, batch)
-            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes))
+            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes,
+                                              feature_sizes=feature_sizes))
         if self.semantic is not None:
             losses["semantic"] = self.semantic.loss(features, batch.image_sizes, gt_boxes, gt_labels)
         return losses
@@ -182,12 +189,13 @@ class FasterRCNN(nn.Module):
                 inputs = images if orient.identity else [orient.image(im) for im in images]
                 size = None if view is None else (view.min_size, view.max_size)
                 batch = self.transform(inputs, training=False, size=size)
-                features = self.features(batch.tensor)
+                features, feature_sizes = self._shared_features(batch)
                 if proposals is None:
-                    props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
+                    props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False,
+                                                feature_sizes=feature_sizes)
                 else:
                     props = self._scaled_proposals(proposals, batch)
-                candidates = self.roi_heads.class_boxes(features, props, batch.image_sizes)
+                candidates = self.roi_heads.class_boxes(features, props, batch.image_sizes, feature_sizes)
                 for i, ((s, b), size_in, orig) in enumerate(
                     zip(candidates, batch.image_sizes, batch.original_sizes)
                 ):
@@ -215,20 +223,40 @@ class FasterRCNN(nn.Module):
         """
         with inference_mode(self):
             batch = self.transform(images, training=False)
-            out = self.rpn(self.features(batch.tensor))
-            boxes, scores = self.rpn.propose(out, batch.image_sizes, training=training_settings)
+            features, feature_sizes = self._shared_features(batch)
+            boxes, scores = self.rpn.propose(self.rpn(features), batch.image_sizes, training=training_settings,
+                                             feature_sizes=feature_sizes)
         return [
             {"boxes": scale_boxes(b, size, orig), "scores": s}
             for b, s, size, orig in zip(boxes, scores, batch.image_sizes, batch.original_sizes)
         ]
 
     # ------------------------------------------------------------------ helpers
-    def features(self, images: Tensor) -> Tensor:
+    def features(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """The backbone's feature map [N, C, H/s, W/s] of a padded batch [N, 3, H, W], in
-        channels-last memory when the model is (the values are the same either way)."""
+        channels-last memory when the model is (the values are the same either way).
+
+        With ``mask_padding`` and the ``image_sizes`` (H, W) inside the padding, the padding
+        changes nothing: each image's part of the map is what the backbone gives for that image
+        alone, and the rest is zero.
+        """
+        return self._features(images, image_sizes)[0]
+
+    def _shared_features(self, batch: ImageBatch) -> tuple[Tensor, list[tuple[int, int]] | None]:
+        """(the shared map of ``batch``, each image's (h, w) part of it with ``mask_padding``, else None)."""
+        return self._features(batch.tensor, batch.image_sizes)
+
+    def _features(
+        self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None
+    ) -> tuple[Tensor, list[tuple[int, int]] | None]:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+        if not self.mask_padding or image_sizes is None:
+            return self.backbone(images), None
+        with PaddingMasker(self.backbone, image_sizes, (images.shape[-2], images.shape[-1])) as masker:
+            features = self.backbone(images)
+        feature_sizes = masker.extents(features)
+        return zero_padding(features, feature_sizes), feature_sizes
 
     def _scaled_targets(self, targets: Sequence[dict], batch: ImageBatch) -> tuple[list[Tensor], list[Tensor]]:
         device = batch.tensor.device
@@ -350,4 +378,4 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
                             ) if sem.loss_weight > 0 else None
     return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes, views=views,
                       score_fusion=aug.score_fusion, channels_last=cfg.channels_last,
-                      semantic=semantic)
+                      semantic=semantic, mask_padding=cfg.mask_padding)

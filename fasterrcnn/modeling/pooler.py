@@ -61,16 +61,36 @@ class RoIPooler(nn.Module):
         """Pooled regions per RoI: the RoI and its context boxes (output channels = C x this)."""
         return 1 + len(self.context_scales)
 
-    def forward(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
-        """[R, C x num_regions, P, P]: the RoI's pooled features, then each context box's."""
-        pooled = self._pool(features, boxes)
-        if not self.context_scales:
-            return pooled
-        parts = [pooled] + [
-            self._pool(features, [scale_boxes_about_centre(b, s) for b in boxes])
+    def forward(
+        self, features: Tensor, boxes: Sequence[Tensor], feature_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> Tensor:
+        """[R, C x num_regions, P, P]: the RoI's pooled features, then each context box's.
+
+        ``feature_sizes`` (h, w) per image: pool image i's RoIs from ``features[i, :, :h, :w]``
+        only, as if the image had not been padded into a batch (see :mod:`.padding`); ``None``:
+        from the whole map.
+        """
+        parts = [self._pool_images(features, boxes, feature_sizes)] + [
+            self._pool_images(features, [scale_boxes_about_centre(b, s) for b in boxes], feature_sizes)
             for s in self.context_scales
         ]
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _pool_images(
+        self, features: Tensor, boxes: Sequence[Tensor], feature_sizes: Sequence[tuple[int, int]] | None
+    ) -> Tensor:
+        h, w = features.shape[-2:]
+        if feature_sizes is None or all(e[0] >= h and e[1] >= w for e in feature_sizes):
+            return self._pool(features, boxes)
+        if self.kind == "roi_align" and self._sparse_ok(features):  # one product, limits per RoI
+            return sparse_roi_align(
+                features, [b.to(features.dtype) for b in boxes], self.output_size[0], self.spatial_scale,
+                self.sampling_ratio, aligned=self.aligned, feature_sizes=feature_sizes,
+            )
+        return torch.cat([
+            self._pool(features[i : i + 1, :, : e[0], : e[1]], [b])
+            for i, (b, e) in enumerate(zip(boxes, feature_sizes))
+        ])
 
     def _pool(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
         if self.kind == "roi_pool" and features.dtype not in (torch.float32, torch.float64):

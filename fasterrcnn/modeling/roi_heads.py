@@ -182,9 +182,15 @@ class RoIHeads(nn.Module):
         self.quality_min_iou = quality_min_iou
         self.quality_loss_weight = quality_loss_weight
 
-    def forward(self, features: Tensor, rois: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image."""
-        return self.predictor(self.box_head(self.pooler(features, rois)))
+    def forward(
+        self, features: Tensor, rois: Sequence[Tensor], feature_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) for the RoIs of every image.
+
+        ``feature_sizes``: each image's (h, w) part of the padded map (see :mod:`.padding`), passed
+        to the pooler here and in every method below; ``None``: the whole map.
+        """
+        return self.predictor(self.box_head(self.pooler(features, rois, feature_sizes)))
 
     def loss(
         self,
@@ -193,6 +199,7 @@ class RoIHeads(nn.Module):
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]] | None = None,
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """``roi_cls`` (log loss over K+1) and ``roi_reg`` (smooth L1 on the true class's deltas).
 
@@ -208,14 +215,14 @@ class RoIHeads(nn.Module):
             proposals = add_gt_boxes(proposals, gt_boxes)
         proposals = [p.detach() for p in proposals]
         if self.miner is not None:
-            sampled = self.mine_rois(features, proposals, gt_boxes, gt_labels)
+            sampled = self.mine_rois(features, proposals, gt_boxes, gt_labels, feature_sizes)
         else:
             sampled = [
                 sample_rois(p, g, lab, matcher=self.matcher, sampler=self.sampler)
                 for p, g, lab in zip(proposals, gt_boxes, gt_labels)
             ]
         rois = [r for r, _, _ in sampled]
-        x = self.box_head(self.pooler(features, rois))
+        x = self.box_head(self.pooler(features, rois, feature_sizes))
         class_logits, box_deltas = self.predictor(x)
         losses = self._stage_losses(class_logits, box_deltas, sampled, self.coder, "roi", 1.0)
         if self.quality is not None:
@@ -231,7 +238,7 @@ class RoIHeads(nn.Module):
             coder = stage.coder
             sampled = [label_rois(b, g, lab, matcher=stage.matcher)
                        for b, g, lab in zip(boxes, gt_boxes, gt_labels)]
-            class_logits, box_deltas = stage(self.pooler(features, [b for b, _, _ in sampled]))
+            class_logits, box_deltas = stage(self.pooler(features, [b for b, _, _ in sampled], feature_sizes))
             losses.update(self._stage_losses(class_logits, box_deltas, sampled, stage.coder,
                                              f"roi{k}", stage.loss_weight))
         return losses
@@ -277,6 +284,7 @@ class RoIHeads(nn.Module):
         proposals: Sequence[Tensor],
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Online hard example mining: per image, the ``miner``'s choice of the RoIs with the
         highest loss under the current weights (one forward pass without gradients over every
@@ -291,7 +299,7 @@ class RoIHeads(nn.Module):
         labels = torch.cat([lab for _, lab, _ in candidates])
         matched = torch.cat([m for _, _, m in candidates])
         with torch.no_grad():
-            class_logits, box_deltas = self(features.detach(), [r for r, _, _ in candidates])
+            class_logits, box_deltas = self(features.detach(), [r for r, _, _ in candidates], feature_sizes)
             deltas = box_deltas.view(len(labels), -1, 4)[torch.arange(len(labels)), labels]
             targets = torch.zeros_like(deltas)
             fg = labels > 0
@@ -307,20 +315,28 @@ class RoIHeads(nn.Module):
         return out
 
     def predict(
-        self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+        self,
+        features: Tensor,
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Tensor]]:
         """Detections per image in input-image coordinates: boxes, labels (1..K), scores."""
-        return [self.select(s, b) for s, b in self.class_boxes(features, proposals, image_sizes)]
+        return [self.select(s, b) for s, b in self.class_boxes(features, proposals, image_sizes, feature_sizes)]
 
     def class_boxes(
-        self, features: Tensor, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+        self,
+        features: Tensor,
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """Per image, before selection: scores [P, K] and per-class boxes [P, K, 4] (input pixels).
 
         With cascade stages: the boxes of the last stage and the mean of every stage's scores.
         With the IoU branch: the scores rescored by the predicted IoU (:func:`.quality.rescore`).
         """
-        x = self.box_head(self.pooler(features, proposals))
+        x = self.box_head(self.pooler(features, proposals, feature_sizes))
         class_logits, box_deltas = self.predictor(x)
         if not len(self.stages):
             out = class_boxes(class_logits, box_deltas, proposals, image_sizes, coder=self.coder)
@@ -333,7 +349,7 @@ class RoIHeads(nn.Module):
         for stage in self.stages:
             rois = refine_boxes(box_deltas, rois, most_likely_classes(class_logits), image_sizes,
                                 coder=coder)
-            class_logits, box_deltas = stage(self.pooler(features, rois))
+            class_logits, box_deltas = stage(self.pooler(features, rois, feature_sizes))
             probs = probs + torch.softmax(class_logits.float(), dim=-1)
             coder = stage.coder
         out = class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)

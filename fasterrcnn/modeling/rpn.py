@@ -20,6 +20,7 @@ from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder
 from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, IGNORE, Matcher
+from .padding import cell_mask
 from .proposals import select_proposals
 from .sampling import Sampler
 
@@ -66,6 +67,7 @@ class RPNOutput:
     anchors: Tensor  # [R, 4], shared by the batch (images are padded to one size)
     objectness_logits: Tensor  # [N, R, 2]
     anchor_deltas: Tensor  # [N, R, 4]
+    feature_size: tuple[int, int] = (0, 0)  # (Hf, Wf) of the map the anchors cover
 
 
 def label_anchors(
@@ -132,17 +134,32 @@ class RegionProposalNetwork(nn.Module):
     def forward(self, features: Tensor) -> RPNOutput:
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(tuple(features.shape[-2:]))
-        return RPNOutput(anchors.to(features.device), logits, deltas)
+        size = (int(features.shape[-2]), int(features.shape[-1]))
+        return RPNOutput(anchors.to(features.device), logits, deltas, size)
 
     def propose(
-        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], *, training: bool
+        self,
+        out: RPNOutput,
+        image_sizes: Sequence[tuple[int, int]],
+        *,
+        training: bool,
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Proposals (boxes, objectness probabilities) per image with the train or test settings."""
+        """Proposals (boxes, objectness probabilities) per image with the train or test settings.
+
+        ``feature_sizes`` (h, w) per image: only anchors of cells inside that part of the map
+        take part, as if the image had not been padded into a batch (see :mod:`.padding`).
+        """
         s = self.train_settings if training else self.test_settings
         logits = out.objectness_logits.float()
+        objectness = logits[..., 1] - logits[..., 0]
+        if feature_sizes is not None:
+            hw = out.feature_size
+            inside = cell_mask(feature_sizes, hw, self.anchor_generator.num_anchors, objectness.device)
+            objectness = objectness.masked_fill(~inside, -torch.inf)
         boxes, scores = select_proposals(
             out.anchors,
-            logits[..., 1] - logits[..., 0],
+            objectness,
             out.anchor_deltas.float(),
             image_sizes,
             coder=self.coder,

@@ -24,6 +24,7 @@ class Backbone(nn.Module):
 
     out_channels: int
     stride: int
+    maskable: bool = True  # built from layers whose batch padding modeling/padding.py can mask
 
     def __init__(self) -> None:
         super().__init__()

@@ -173,6 +173,7 @@ class MobileNetV2(Backbone):
         if not 0 <= frozen_stages <= len(STAGE_ENDS):
             raise ValueError(f"frozen_stages must be in 0..{len(STAGE_ENDS)}, got {frozen_stages}")
         self.stride = stride
+        self.maskable = stride == 16  # stride 8 folds space into the batch (space_to_batch)
         state = load_mobilenet_v2_state(weights) if weights is not None else None
         frozen_bn = state is not None if pretrained is None else pretrained
         norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
