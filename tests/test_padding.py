@@ -184,3 +184,30 @@ def test_training_with_masks_runs_and_drops_padding_anchors():
         alone, _ = model.rpn.propose(model.rpn(model.features(batch.tensor[:1, :, :, :96])),
                                      batch.image_sizes[:1], training=False)
     torch.testing.assert_close(boxes[0], alone[0])
+
+
+def test_rpn_loss_ignores_anchors_of_padding_cells():
+    """With cross-boundary anchors kept (straddle_thresh None), anchors over the padding would be
+    labelled background; with the image's part of the map given, none of them is sampled."""
+    from fasterrcnn.modeling.anchors import AnchorGenerator
+    from fasterrcnn.modeling.box_coding import BoxCoder
+    from fasterrcnn.modeling.matching import Matcher
+    from fasterrcnn.modeling.rpn import RegionProposalNetwork, RPNHead, RPNOutput, ProposalSettings
+    from fasterrcnn.modeling.sampling import Sampler
+
+    settings = ProposalSettings(100, 10, 0.7, 0.0)
+    rpn = RegionProposalNetwork(
+        RPNHead(4, 4, 1), AnchorGenerator((16.0,), (1.0,), 8), matcher=Matcher(0.7, 0.3, 0.0, True),
+        sampler=Sampler(1000, 0.5), coder=BoxCoder((1.0, 1.0, 1.0, 1.0)), train_settings=settings,
+        test_settings=settings, straddle_thresh=None,
+    )
+    out = rpn(torch.zeros(1, 4, 4, 4))  # 16 cells, one anchor each
+    logits = torch.zeros(1, 16, 2, requires_grad=True)
+    out = RPNOutput(out.anchors, logits, torch.zeros(1, 16, 4), out.feature_size)
+    gt = [torch.zeros((0, 4))]  # no objects: every anchor labelled background
+    rpn.loss(out, [(32, 32)], gt)["rpn_cls"].backward()
+    assert int((logits.grad.abs().sum(-1) > 0).sum()) == 16  # every anchor sampled
+    logits.grad = None
+    rpn.loss(out, [(16, 16)], gt, [(2, 2)])["rpn_cls"].backward()
+    used = (logits.grad.abs().sum(-1) > 0).view(4, 4)
+    assert used[:2, :2].all() and not used[2:].any() and not used[:, 2:].any()

@@ -153,7 +153,7 @@ class FasterRCNN(nn.Module):
         if "rpn" in stages or proposals is None:
             out = self.rpn(features)
         if "rpn" in stages:
-            losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes))
+            losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes, feature_sizes))
         if "roi" in stages:
             if proposals is None:
                 props, _ = self.rpn.propose(out, batch.image_sizes, training=True, feature_sizes=feature_sizes)

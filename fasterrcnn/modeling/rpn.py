@@ -171,20 +171,33 @@ class RegionProposalNetwork(nn.Module):
         return boxes, [torch.sigmoid(x) for x in scores]  # sigmoid(fg - bg) = softmax fg prob
 
     def loss(
-        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], gt_boxes: Sequence[Tensor]
+        self,
+        out: RPNOutput,
+        image_sizes: Sequence[tuple[int, int]],
+        gt_boxes: Sequence[Tensor],
+        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """``rpn_cls`` (log loss over the sampled anchors) and ``rpn_reg`` (smooth L1).
 
         With ``positive_weighting="box"`` each image's positive anchors are weighted so that every
         gt box counts the same (:func:`box_balanced_weights`); negatives always weigh 1.
+        ``feature_sizes`` (h, w) per image: anchors of cells outside that part of the map are
+        ignored (they matter only with ``straddle_thresh=None``; otherwise they lie outside the
+        image and are ignored anyway).
         """
         balanced = self.positive_weighting == "box"
+        outside = None
+        if feature_sizes is not None:
+            outside = ~cell_mask(feature_sizes, out.feature_size, self.anchor_generator.num_anchors,
+                                 out.anchors.device)
         logits, labels, deltas, targets, weights = [], [], [], [], []
         for i, size in enumerate(image_sizes):
             gt = gt_boxes[i]
             matched = label_anchors(
                 out.anchors, gt, size, matcher=self.matcher, straddle_thresh=self.straddle_thresh
             )
+            if outside is not None:
+                matched = matched.masked_fill(outside[i], IGNORE)
             pos, neg = self.sampler(matched >= 0, matched == BACKGROUND)
             idx = torch.cat((pos, neg))
             logits.append(out.objectness_logits[i, idx])
