@@ -19,7 +19,8 @@ Usage::
     python benchmarks/demo_sweep.py --val 600 --out /tmp/sweep base base.s1 cosine cosine.s1
     python benchmarks/demo_sweep.py --list
 
-Results: one ``OUT/NAME.json`` per variant and a table on stdout.
+Results: one ``OUT/NAME.json`` per variant and a table on stdout; each variant's checkpoints and
+its detections (``OUT/NAME/detections.npz``, see :func:`load_detections`) in ``OUT/NAME/``.
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "i2600": _steps(2600),
     # session 15: batch padding that changes nothing (model.mask_padding)
     "maskpad": {"model.mask_padding": True},
+    # session 16: a focal log loss in the head; the paper's weight decay (the preset: 1e-4)
+    "focal1": {"model.roi_head.focal_gamma": 1.0},
+    "wd5e4": {"train.weight_decay": 5e-4},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
 }
@@ -226,6 +230,30 @@ def _split_scores(dets: list[dict], anns: list, classes: Any) -> dict[str, Any]:
             "AP": {k: round(v, 3) for k, v in voc07["AP"].items() if v is not None}}
 
 
+def save_detections(path: Path, splits: dict[str, list[dict]]) -> None:
+    """Every split's detections in one ``.npz`` (``SPLIT_boxes``, ``_labels``, ``_scores`` and
+    ``_image``, the image index of each row), for analyses without re-running the model."""
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+    for split, dets in splits.items():
+        arrays[f"{split}_boxes"] = np.concatenate([d["boxes"].reshape(-1, 4) for d in dets]) if dets else np.zeros((0, 4))
+        arrays[f"{split}_labels"] = np.concatenate([d["labels"] for d in dets]) if dets else np.zeros(0)
+        arrays[f"{split}_scores"] = np.concatenate([d["scores"] for d in dets]) if dets else np.zeros(0)
+        arrays[f"{split}_image"] = np.concatenate([np.full(len(d["scores"]), i) for i, d in enumerate(dets)]) if dets else np.zeros(0)
+    np.savez_compressed(path, **arrays)
+
+
+def load_detections(path: Path, split: str, num_images: int) -> list[dict]:
+    """The detections of ``split`` saved by :func:`save_detections`, one dict per image."""
+    import numpy as np
+
+    z = np.load(path)
+    image = z[f"{split}_image"]
+    return [{k: z[f"{split}_{k}"][image == i] for k in ("boxes", "labels", "scores")}
+            for i in range(num_images)]
+
+
 def run_one(name: str, device: str, out: Path, threads: int, val: int = 0) -> dict[str, Any]:
     import torch
 
@@ -271,6 +299,7 @@ def run_one(name: str, device: str, out: Path, threads: int, val: int = 0) -> di
                   for a in range(0, val, BLOCK)]
         row["val"]["blocks"] = [b["mAP"] for b in blocks]
         row["val"]["block_mean"] = round(sum(row["val"]["blocks"]) / len(blocks), 4)
+    save_detections(out / name / "detections.npz", {"test": dets, **({"val": val_dets} if val else {})})
     (out / f"{name}.json").write_text(json.dumps(row, indent=1))
     return row
 

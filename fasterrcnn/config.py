@@ -97,6 +97,10 @@ class RoIHeadConfig:
     # generalized IoU of the decoded box with its gt box (Rezatofighi et al. 2019; mmdetection
     # weighs it 10x, i.e. loss_weight_reg=10). Hard mining ranks RoIs by smooth L1 either way
     box_loss: str = "smooth_l1"
+    # focal modulation of the head's log loss (Lin et al. 2017, softmax form): each RoI's term is
+    # multiplied by (1 - p_true)^focal_gamma, so that well-classified RoIs count less and hard
+    # ones (a partly hidden object, a confusing background patch) more. 0: the paper's log loss
+    focal_gamma: float = 0.0
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
     detections_per_img: int = 100
@@ -146,6 +150,8 @@ class RoIHeadConfig:
             raise ConfigError(f"roi_head.vote_iou must be in [0, 1] (0 = off), got {self.vote_iou}")
         if self.box_loss not in BOX_LOSSES:
             raise ConfigError(f"roi_head.box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
+        if not self.focal_gamma >= 0:
+            raise ConfigError(f"roi_head.focal_gamma must be >= 0 (0 = the log loss), got {self.focal_gamma}")
 
 
 @dataclass(frozen=True)

@@ -344,6 +344,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         add_gt_as_proposals=h.add_gt_as_proposals,
         smooth_l1_beta=h.smooth_l1_beta,
         box_loss=h.box_loss,
+        focal_gamma=h.focal_gamma,
         score_thresh=h.score_thresh,
         nms_thresh=h.nms_thresh,
         detections_per_img=h.detections_per_img,

@@ -54,6 +54,7 @@ def detection_losses(
     class_weights: Tensor | None = None,
     box_weights: Tensor | None = None,
     box_losses: Tensor | None = None,
+    focal_gamma: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """(classification, regression) losses of one stage.
 
@@ -63,17 +64,23 @@ def detection_losses(
     ``box_losses`` [F], when given, replaces the smooth L1 of each foreground example's deltas
     (e.g. :func:`giou_losses`); the normalisation stays the same, and ``box_targets`` may then be
     None.
+    ``focal_gamma`` > 0 multiplies each example's log loss by ``(1 - p)^focal_gamma``, p its
+    probability of the true class (softmax focal loss, Lin et al. 2017); 0 is the log loss.
     With no sampled example both losses are 0 (still connected to the graph).
     """
     num = class_targets.numel()
     if num == 0:
         zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
         return zero, zero
-    if class_weights is None:
+    if class_weights is None and focal_gamma == 0:
         cls = F.cross_entropy(class_logits.float(), class_targets)
     else:
         ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
-        cls = (ce * class_weights.float()).sum() / num
+        if focal_gamma > 0:
+            ce = ce * (1.0 - torch.exp(-ce)).pow(focal_gamma)  # exp(-ce) = p of the true class
+        if class_weights is not None:
+            ce = ce * class_weights.float()
+        cls = ce.sum() / num
     if box_losses is None:
         if box_targets is None:
             raise ValueError("detection_losses needs box_targets or box_losses")

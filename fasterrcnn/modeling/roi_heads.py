@@ -134,6 +134,7 @@ class RoIHeads(nn.Module):
         add_gt_as_proposals: bool = True,
         smooth_l1_beta: float = 1.0,
         box_loss: str = "smooth_l1",
+        focal_gamma: float = 0.0,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.3,
         detections_per_img: int = 100,
@@ -168,6 +169,7 @@ class RoIHeads(nn.Module):
         self.add_gt_as_proposals = add_gt_as_proposals
         self.smooth_l1_beta = smooth_l1_beta
         self.box_loss = box_loss  # "smooth_l1" on the deltas (the paper) | "giou" on the boxes
+        self.focal_gamma = focal_gamma  # > 0: focal modulation of the log loss (0: the paper)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
@@ -274,7 +276,8 @@ class RoIHeads(nn.Module):
         else:
             targets = coder.encode(rois_t[fg], matched_t[fg])
         cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
-                                    class_weights=cls_w, box_weights=box_w, box_losses=box_losses)
+                                    class_weights=cls_w, box_weights=box_w, box_losses=box_losses,
+                                    focal_gamma=self.focal_gamma)
         return {f"{prefix}_cls": cls * self.loss_weight_cls * weight,
                 f"{prefix}_reg": reg * self.loss_weight_reg * weight}
 
