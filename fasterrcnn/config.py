@@ -17,6 +17,7 @@ Conventions used across the package (written once, here):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from .config_io import ConfigError, from_dict, override, parse_overrides, to_dict  # re-exported
 
@@ -186,17 +187,34 @@ class TestAugConfig:
     # geometric mean of that and its mean best score over the views (a box one view alone
     # finds drops, see postprocess.view_agreement_scores)
     score_fusion: str = "max"
+    # zoomed views for small objects (SNIP's valid ranges, Singh & Davis 2018): each image is
+    # also run, plain, at these larger shorter sides, and their candidates count only for boxes
+    # smaller than zoom_max_box (sqrt of the area, original-image pixels): at a larger scale a
+    # small object is seen at the sizes the detector learned, and a large one, beyond them, is
+    # left to the other views. With "agreement" fusion a detection's support is averaged over
+    # the views whose range holds it
+    zoom_sizes: tuple[int, ...] = ()
+    zoom_max_box: float = 32.0
 
     def __post_init__(self) -> None:
-        try:
-            sizes = tuple(int(s) for s in self.min_sizes)
-        except (TypeError, ValueError):
-            raise ConfigError(f"test_aug.min_sizes must be integers, got {list(self.min_sizes)}") from None
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"test_aug.min_sizes must be positive, got {list(sizes)}")
+        sizes = _positive_ints(self.min_sizes, "test_aug.min_sizes")
+        zoom = _positive_ints(self.zoom_sizes, "test_aug.zoom_sizes")
         if self.score_fusion not in SCORE_FUSIONS:
             raise ConfigError(f"test_aug.score_fusion must be one of {SCORE_FUSIONS}, got {self.score_fusion!r}")
+        if not self.zoom_max_box > 0:
+            raise ConfigError(f"test_aug.zoom_max_box must be > 0 pixels, got {self.zoom_max_box}")
         object.__setattr__(self, "min_sizes", sizes)
+        object.__setattr__(self, "zoom_sizes", zoom)
+
+
+def _positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
+    try:
+        ints = tuple(int(s) for s in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be integers, got {list(values)}") from None
+    if any(s <= 0 for s in ints):
+        raise ConfigError(f"{name} must be positive, got {list(ints)}")
+    return ints
 
 
 @dataclass(frozen=True)

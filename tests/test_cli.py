@@ -1,6 +1,7 @@
 """The command line end to end, on tiny runs of the built-in data."""
 
 import json
+import math
 
 import pytest
 from PIL import Image
@@ -75,8 +76,11 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["mAP"] <= 1.0
     model, cfg, _ = load_model(demo_dir / "model_final.pt")
     size = cfg.model.input
+    zoomed = [(v.min_size, v.hflip) for v in model.views if v.max_box < math.inf]  # the checkpoint's, kept
+    assert zoomed == [(z, False) for z in cfg.model.test_aug.zoom_sizes]
     apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes=None, tta_flip=True, box_vote=0.6))
-    assert [(v.min_size, v.hflip) for v in model.views] == [(size.min_size_test, False), (size.min_size_test, True)]
+    assert [(v.min_size, v.hflip) for v in model.views] == [
+        (size.min_size_test, False), (size.min_size_test, True)] + zoomed
     assert model.roi_heads.vote_iou == 0.6
     apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_sizes=None, tta_flip=False))
     assert model.views == () and model.roi_heads.vote_iou == 0.0
@@ -87,6 +91,25 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
         (False, False, False), (False, True, False), (True, False, False), (True, True, False)]
     with pytest.raises(ConfigError, match="--no-tta cannot"):
         apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_transpose=True))
+    # zoomed views: added to the views there are, kept when those are replaced, removed by "none"
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="400,480", tta_zoom_max_box=24.0))
+    assert [(v.min_size, v.max_box) for v in model.views][-2:] == [(400, 24.0), (480, 24.0)]
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300"))
+    assert [(v.min_size, v.max_box) for v in model.views] == [(300, math.inf), (400, 24.0), (480, 24.0)]
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom_max_box=40.0))
+    assert [v.max_box for v in model.views] == [math.inf, 40.0, 40.0]
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="none"))
+    assert [(v.min_size, v.max_box) for v in model.views] == [(300, math.inf)]
+    apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True))
+    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="400"))  # the test scale first
+    assert [(v.min_size, v.max_box) for v in model.views] == [
+        (size.min_size_test, math.inf), (400, cfg.model.test_aug.zoom_max_box)]
+    with pytest.raises(ConfigError, match="--no-tta cannot"):
+        apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_zoom="400"))
+    with pytest.raises(ConfigError, match="--tta-zoom expects integers"):
+        apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="big"))
+    with pytest.raises(ConfigError, match="--tta-zoom-max-box must be > 0"):
+        apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom_max_box=0.0))
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
                  "--tta-sizes", "256,big", "--out", str(out), "--no-progress"]) != 0
     assert "--tta-sizes expects integers" in capsys.readouterr().err

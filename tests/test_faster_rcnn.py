@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import box_iou
 
 from fasterrcnn.config import ConfigError, override, preset
-from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, inference_views
+from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, inference_views, zoom_views
 from fasterrcnn.modeling.transform import hflip_boxes
 
 TINY = {
@@ -25,6 +25,7 @@ TINY = {
     "model.test_aug.hflip": False,
     "model.test_aug.vflip": False,
     "model.test_aug.transpose": False,
+    "model.test_aug.zoom_sizes": [],
     "model.roi_head.vote_iou": 0.0,
 }
 
@@ -152,12 +153,18 @@ def _det_close(a, b):
         torch.testing.assert_close(a[k], b[k])
 
 
-def test_test_time_views():
+def _tiny_model_image_plain():
+    """A seeded tiny model, a random image and its plain (one-view) prediction, which has boxes."""
     torch.manual_seed(0)
     model = build_model(override(preset("tiny-shapes"), TINY).model)
     img = torch.rand(3, 48, 64)
     plain = model.predict([img])[0]
     assert len(plain["boxes"]) > 0
+    return model, img, plain
+
+
+def test_test_time_views():
+    model, img, plain = _tiny_model_image_plain()
     # one explicit view at the test scale is the plain prediction
     model.views = (InferenceView(96, 128),)
     _det_close(model.predict([img])[0], plain)
@@ -321,3 +328,41 @@ def _cuda_matches_cpu() -> None:
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
+
+
+def test_zoomed_views_count_only_inside_their_range():
+    model, img, plain = _tiny_model_image_plain()
+    for fusion in ("max", "agreement"):
+        model.score_fusion = fusion
+        # a zoomed view whose range holds no box adds nothing: the plain prediction, exactly
+        model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=1e-3))
+        _det_close(model.predict([img])[0], plain)
+        # with an unbounded range it is an ordinary second scale
+        model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=float("inf")))
+        unbounded = model.predict([img])[0]
+        model.views = (InferenceView(96, 128), InferenceView(192, 256))
+        _det_close(unbounded, model.predict([img])[0])
+    # a range between: every detection the zoomed view adds is smaller than its max_box
+    model.score_fusion = "max"
+    model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=20.0))
+    zoomed = model.predict([img])[0]
+    plain_keys = {(lbl, tuple(b)) for lbl, b in zip(plain["labels"].tolist(), plain["boxes"].round(decimals=3).tolist())}
+    for lbl, b in zip(zoomed["labels"].tolist(), zoomed["boxes"].round(decimals=3).tolist()):
+        if (lbl, tuple(b)) not in plain_keys:
+            assert ((b[2] - b[0]) * (b[3] - b[1])) ** 0.5 < 20.0 + 1e-3
+
+
+def test_zoom_config_builds_views():
+    assert zoom_views((432, 576), 32.0, 336, 560) == (
+        InferenceView(432, 720, max_box=32.0), InferenceView(576, 960, max_box=32.0))
+    # zoomed views alone come after the plain view at the test scale
+    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.zoom_sizes": [144],
+                                            "model.test_aug.zoom_max_box": 24})
+    assert build_model(cfg.model).views == (InferenceView(96, 128), InferenceView(144, 192, max_box=24.0))
+    cfg = override(cfg, {"model.test_aug.hflip": True})
+    assert [(v.min_size, v.hflip, v.max_box) for v in build_model(cfg.model).views] == [
+        (96, False, float("inf")), (96, True, float("inf")), (144, False, 24.0)]
+    with pytest.raises(ConfigError, match="zoom_sizes must be positive"):
+        override(preset("tiny-shapes"), {"model.test_aug.zoom_sizes": [0]})
+    with pytest.raises(ConfigError, match="zoom_max_box must be > 0"):
+        override(preset("tiny-shapes"), {"model.test_aug.zoom_max_box": -4})

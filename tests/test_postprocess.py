@@ -5,7 +5,7 @@ from torchvision.ops import box_iou
 
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.postprocess import (
-    box_voting, class_boxes, detect, select_detections, view_agreement_scores,
+    box_sizes, box_voting, class_boxes, detect, select_detections, view_agreement_scores,
 )
 
 
@@ -96,3 +96,28 @@ def test_view_agreement_scores_hand_computed():
     assert view_agreement_scores(dets, scores, boxes, views, 1, score_thresh=0.05) is dets
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
     assert view_agreement_scores(empty, scores, boxes, views, 2, score_thresh=0.05) is empty
+
+
+def test_box_sizes():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [2, 3, 6, 12], [5, 5, 3, 3]])
+    torch.testing.assert_close(box_sizes(boxes), torch.tensor([10.0, 6.0, 0.0]))
+    assert box_sizes(torch.zeros(2, 3, 4)).shape == (2, 3)
+
+
+def test_view_agreement_scores_over_the_views_whose_range_holds_the_box():
+    a, b, a2 = [0.0, 0, 10, 10], [20.0, 20, 40, 40], [1.0, 0, 11, 10]  # sizes 10, 20, 10
+    dets = {"boxes": torch.tensor([b, a]), "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.8, 0.7])}
+    scores = torch.tensor([[0.7, 0.0], [0.0, 0.8], [0.6, 0.3]])  # rows from views 0, 0, 1
+    boxes = torch.tensor([[a, a], [b, b], [a2, a2]])
+    views = torch.tensor([0, 0, 1])
+    # view 1 holds boxes under 15 px: a is supported by both views, b by view 0 alone
+    out = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05,
+                                view_max_box=torch.tensor([math.inf, 15.0]))
+    torch.testing.assert_close(out["scores"], torch.tensor([0.8, math.sqrt(0.7 * 0.65)]))
+    assert out["labels"].tolist() == [2, 1]
+    # a range holding every box: the plain mean over the views
+    wide = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05,
+                                 view_max_box=torch.tensor([math.inf, math.inf]))
+    plain = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05)
+    torch.testing.assert_close(wide["scores"], plain["scores"])
+    torch.testing.assert_close(plain["scores"], torch.tensor([math.sqrt(0.7 * 0.65), math.sqrt(0.4 * 0.8)]))

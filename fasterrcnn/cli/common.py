@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -128,30 +129,47 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str
 
 def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
     """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose``,
-    ``--tta-fusion``, ``--mask-padding`` and ``--box-vote`` on a loaded model."""
-    from ..modeling.faster_rcnn import inference_views
+    ``--tta-zoom`` / ``--tta-zoom-max-box``, ``--tta-fusion``, ``--mask-padding`` and
+    ``--box-vote`` on a loaded model."""
     from ..modeling.padding import check_maskable
+    from ..modeling.views import inference_views, zoom_views
 
     sizes_text = getattr(args, "tta_sizes", None)
     flip = bool(getattr(args, "tta_flip", False))
     vflip = bool(getattr(args, "tta_vflip", False))
     transpose = bool(getattr(args, "tta_transpose", False))
+    zoom_text = getattr(args, "tta_zoom", None)
+    zoom_box = getattr(args, "tta_zoom_max_box", None)
     views_given = sizes_text is not None or flip or vflip or transpose
+    zoom_given = zoom_text is not None or zoom_box is not None
     if getattr(args, "no_tta", False):
-        if views_given:
-            raise ConfigError("--no-tta cannot be combined with --tta-sizes or --tta-flip/-vflip/-transpose")
+        if views_given or zoom_given:
+            raise ConfigError("--no-tta cannot be combined with --tta-sizes, --tta-flip/-vflip/-transpose "
+                              "or --tta-zoom")
         model.views = ()
         model.roi_heads.vote_iou = 0.0
-    if views_given:
-        try:
-            sizes = tuple(int(s) for s in (sizes_text or "").split(",") if s.strip())
-        except ValueError:
-            raise ConfigError(f"--tta-sizes expects integers like 288,336,384, got {sizes_text!r}") from None
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"--tta-sizes must be positive, got {sizes_text!r}")
+    if views_given or zoom_given:
         i = cfg.model.input  # the flags replace the config's views: sizes default to the test scale
-        model.views = inference_views(sizes, flip, i.min_size_test, i.max_size_test,
+        regular = tuple(v for v in model.views if v.max_box == math.inf)
+        zoom = tuple(v for v in model.views if v.max_box < math.inf)
+        if views_given:
+            sizes = _sizes(sizes_text or "", "--tta-sizes")
+            regular = inference_views(sizes, flip, i.min_size_test, i.max_size_test,
                                       vflip=vflip, transpose=transpose)
+        if zoom_box is not None and not zoom_box > 0:
+            raise ConfigError(f"--tta-zoom-max-box must be > 0 pixels, got {zoom_box}")
+        if zoom_given:
+            box = zoom_box if zoom_box is not None else (zoom[0].max_box if zoom else cfg.model.test_aug.zoom_max_box)
+            if zoom_text is None:
+                zoom_sizes = tuple(v.min_size for v in zoom)
+            elif zoom_text.strip().lower() == "none":
+                zoom_sizes = ()
+            else:
+                zoom_sizes = _sizes(zoom_text, "--tta-zoom")
+            zoom = zoom_views(zoom_sizes, box, i.min_size_test, i.max_size_test)
+        if zoom and not regular:  # zoomed views add to the plain view at the test scale
+            regular = inference_views((), False, i.min_size_test, i.max_size_test)
+        model.views = regular + zoom
     fusion = getattr(args, "tta_fusion", None)
     if fusion is not None:
         model.score_fusion = fusion
@@ -168,6 +186,16 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
         if not 0.0 <= vote <= 1.0:
             raise ConfigError(f"--box-vote must be an IoU in [0, 1] (0 = off), got {vote}")
         model.roi_heads.vote_iou = float(vote)
+
+
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} expects integers like 288,336,384, got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise ConfigError(f"{flag} must be positive, got {text!r}")
+    return sizes
 
 
 def print_metrics(result: dict[str, Any]) -> None:

@@ -40,6 +40,14 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta-transpose", action="store_true",
                    help="test-time augmentation: also run the views transposed (x and y swapped; "
                         "with --tta-flip and --tta-vflip: all eight flips and quarter turns)")
+    p.add_argument("--tta-zoom", default=None, metavar="N1,N2,...|none",
+                   help="zoomed views for small objects: also run each image, plain, at these "
+                        "larger shorter sides, keeping their candidates only for boxes smaller than "
+                        "--tta-zoom-max-box ('none': no zoomed views). Default: the checkpoint's "
+                        "model.test_aug.zoom_sizes")
+    p.add_argument("--tta-zoom-max-box", type=float, default=None, metavar="PX",
+                   help="the zoomed views count only for boxes smaller than PX (sqrt of the box "
+                        "area, original-image pixels). Default: model.test_aug.zoom_max_box")
     p.add_argument("--tta-fusion", choices=SCORE_FUSIONS, default=None,
                    help="how the views' scores combine: 'max' keeps the score of the box that wins "
                         "NMS; 'agreement' takes the geometric mean of that and the box's mean best "

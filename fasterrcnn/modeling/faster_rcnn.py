@@ -11,7 +11,8 @@ Entry points (no hidden train/eval switch):
   * ``model.propose(images)`` -> RPN proposals per image (``boxes``, ``scores``).
 Test-time augmentation (``model.views``, off by default): ``predict`` runs every view (a scale and
 an orientation: mirrored, upside down, transposed or plain), maps each view's per-class candidate boxes back to the image and pools them
-before the detector's NMS.
+before the detector's NMS. A zoomed view (``InferenceView.max_box``) contributes only candidates
+smaller than its ``max_box``.
 ``images`` are float tensors [3, H, W] in 0..1 of any sizes; targets are dicts with ``boxes``
 [G, 4] and ``labels`` [G]. With ``mask_padding`` (off by default) each image's features,
 proposals and detections are those it gets alone, whatever its batch mates (:mod:`.padding`).
@@ -19,8 +20,8 @@ proposals and detections are those it gets alone, whatever its batch mates (:mod
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -35,50 +36,15 @@ from .quality import IoUPredictor
 from .matching import Matcher
 from .padding import PaddingMasker, check_maskable, zero_padding
 from .pooler import RoIPooler
-from .postprocess import view_agreement_scores
+from .postprocess import box_sizes, view_agreement_scores
 from .roi_heads import BoxHead, BoxPredictor, RoIHeads
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
 from .semantic import SemanticHead
 from .transform import ImageBatch, InputTransform, Orientation, scale_boxes
+from .views import InferenceView, inference_views, zoom_views  # noqa: F401  (re-exported)
 
 STAGES = ("rpn", "roi")
-
-
-@dataclass(frozen=True)
-class InferenceView:
-    """One test-time view: the shorter side / longer-side cap to rescale to, and an orientation
-    (mirrors and a transpose, see :class:`~.transform.Orientation`)."""
-
-    min_size: int
-    max_size: int
-    hflip: bool = False
-    vflip: bool = False
-    transpose: bool = False
-
-    @property
-    def orientation(self) -> Orientation:
-        return Orientation(transpose=self.transpose, hflip=self.hflip, vflip=self.vflip)
-
-
-def inference_views(
-    min_sizes: Sequence[int],
-    hflip: bool,
-    min_size_test: int,
-    max_size_test: int,
-    *,
-    vflip: bool = False,
-    transpose: bool = False,
-) -> tuple[InferenceView, ...]:
-    """The views of a TestAugConfig: each shorter side (default: ``min_size_test``), its longer
-    side capped in proportion (``max_size_test / min_size_test``), and every combination of the
-    orientations asked for (plain first; then mirrored, flipped upside down, transposed)."""
-    sizes = tuple(min_sizes) or (min_size_test,)
-    options = lambda on: (False, True) if on else (False,)  # noqa: E731
-    return tuple(
-        InferenceView(int(s), int(round(s * max_size_test / min_size_test)), h, v, t)
-        for s in sizes for t in options(transpose) for v in options(vflip) for h in options(hflip)
-    )
 
 
 @contextmanager
@@ -202,6 +168,8 @@ class FasterRCNN(nn.Module):
                     b = scale_boxes(b.reshape(-1, 4), size_in, orig).view(b.shape)
                     if not orient.identity:
                         b = orient.inverse_boxes(b, orient.size(orig))
+                    if view is not None and view.max_box < math.inf:  # outside its valid range
+                        s = torch.where(box_sizes(b) < view.max_box, s, torch.zeros((), dtype=s.dtype))
                     boxes[i].append(b)
                     scores[i].append(s)
             out = []
@@ -210,8 +178,10 @@ class FasterRCNN(nn.Module):
                 dets = self.roi_heads.select(s, b)
                 if self.score_fusion == "agreement" and len(per_view) > 1:
                     view_ids = torch.cat([torch.full((len(x),), k, device=x.device) for k, x in enumerate(per_view)])
+                    max_box = torch.tensor([math.inf if v is None else v.max_box for v in views], device=s.device)
                     dets = view_agreement_scores(dets, s, b, view_ids, len(per_view),
-                                                 score_thresh=self.roi_heads.score_thresh)
+                                                 score_thresh=self.roi_heads.score_thresh,
+                                                 view_max_box=max_box)
                 out.append(dets)
             return out
 
@@ -372,7 +342,8 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     aug = cfg.test_aug
     views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test,
                             vflip=aug.vflip, transpose=aug.transpose) if (
-        aug.min_sizes or aug.hflip or aug.vflip or aug.transpose) else ()
+        aug.min_sizes or aug.hflip or aug.vflip or aug.transpose or aug.zoom_sizes) else ()
+    views += zoom_views(aug.zoom_sizes, aug.zoom_max_box, i.min_size_test, i.max_size_test)
     sem = cfg.semantic
     semantic = SemanticHead(backbone.out_channels, cfg.num_classes, stride=backbone.stride,
                             conv_channels=sem.conv_channels, loss_weight=sem.loss_weight

@@ -60,6 +60,12 @@ def box_voting(
     return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
 
 
+def box_sizes(boxes: Tensor) -> Tensor:
+    """[...]: sqrt(width * height) of boxes [..., 4] (0 for empty ones)."""
+    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+    return (wh[..., 0] * wh[..., 1]).sqrt()
+
+
 def flatten_candidates(scores: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One row per (candidate, class): scores [M*K], boxes [M*K, 4], labels [M*K] (1..K), from
     scores [M, K] and boxes [M, K, 4]."""
@@ -100,6 +106,7 @@ def view_agreement_scores(
     *,
     score_thresh: float,
     iou_thresh: float = 0.5,
+    view_max_box: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Detections rescored by how many test-time views agree with them, best first.
 
@@ -109,7 +116,10 @@ def view_agreement_scores(
     ``iou_thresh``; a detection's support in a view is the best score assigned to it from that
     view (0 if none), and its new score is the geometric mean of its own score and its mean
     support over the ``num_views`` views. A box that one view alone scores high drops; one that
-    every view finds keeps its score.
+    every view finds keeps its score. ``view_max_box`` [num_views], when given, is each view's
+    valid range (:func:`box_sizes` below it; inf: all): a detection's support is then averaged
+    over the views whose range holds it, so that a zoomed view meant for small objects neither
+    lowers nor raises the score of a large one.
     """
     det_boxes, det_labels, det_scores = detections["boxes"], detections["labels"], detections["scores"]
     if len(det_boxes) == 0 or num_views < 2:
@@ -125,7 +135,13 @@ def view_agreement_scores(
     support = det_scores.new_zeros(len(det_boxes) * num_views)
     slot = owner[assigned] * num_views + view_of[assigned]
     support.scatter_reduce_(0, slot, flat_scores[assigned].to(support.dtype), reduce="amax")
-    new = (det_scores * support.view(-1, num_views).mean(dim=1)).sqrt()
+    support = support.view(-1, num_views)
+    if view_max_box is None:
+        mean = support.mean(dim=1)
+    else:
+        valid = box_sizes(det_boxes)[:, None] < view_max_box[None, :]
+        mean = (support * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+    new = (det_scores * mean).sqrt()
     order = new.argsort(descending=True)
     return {"boxes": det_boxes[order], "labels": det_labels[order], "scores": new[order]}
 
