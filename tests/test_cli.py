@@ -15,9 +15,18 @@ from fasterrcnn.data.shapes import ShapesDataset
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--iters", "2", "--train-images", "8", "--test-images", "4", "--quiet"])
+    code = main(["demo", "--out", str(out), "--iters", "2", "--train-images", "8", "--test-images", "4", "--no-progress"])
     assert code == 0
     return out
+
+
+def test_demo_progress_flags():
+    from fasterrcnn.cli.parser import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).quiet is False
+    assert parser.parse_args(["demo", "--no-progress"]).quiet is True
+    assert parser.parse_args(["demo", "--quiet"]).quiet is True  # the older spelling
 
 
 def test_demo_writes_checkpoint_metrics_and_picture(demo_dir):

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=800, help="built-in training images (default: 800)")
     p.add_argument("--test-images", type=int, default=200, help="built-in test images (default: 200)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true",
+                   help="no progress bar (--quiet is the same)")
     _add_runtime(p)
     p.set_defaults(func=cmd_demo)
 
