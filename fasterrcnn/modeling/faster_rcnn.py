@@ -173,12 +173,14 @@ class FasterRCNN(nn.Module):
                     boxes[i].append(b)
                     scores[i].append(s)
             out = []
+            fuse = self.score_fusion == "agreement" and len(views) > 1  # then no view is None
+            max_box = (torch.tensor([v.max_box for v in views], device=scores[0][0].device)  # each view's range
+                       if fuse and images else None)
             for per_view, b in zip(scores, boxes):
                 s, b = torch.cat(per_view), torch.cat(b)
                 dets = self.roi_heads.select(s, b)
-                if self.score_fusion == "agreement" and len(per_view) > 1:
+                if fuse:
                     view_ids = torch.cat([torch.full((len(x),), k, device=x.device) for k, x in enumerate(per_view)])
-                    max_box = torch.tensor([math.inf if v is None else v.max_box for v in views], device=s.device)
                     dets = view_agreement_scores(dets, s, b, view_ids, len(per_view),
                                                  score_thresh=self.roi_heads.score_thresh,
                                                  view_max_box=max_box)
