@@ -16,6 +16,7 @@ from fasterrcnn.data.check import (
     PROBLEM_KINDS, CheckReport, check_dataset, prepare_dataset, sanitize,
 )
 from fasterrcnn.data.dataset import Annotation, DataError
+from fasterrcnn.data.images import ImageReader
 
 FIXTURES = Path(__file__).parent / "fixtures" / "voc"
 
@@ -74,18 +75,20 @@ def broken_devkit(tmp_path: Path) -> Path:
     add("box_outside", objects=[("cat", (1, 1, 20, 20)), ("dog", (10, 10, 60, 30))])
     add("degenerate_box", objects=[("dog", (30, 5, 10, 20)), ("cat", (1, 1, 20, 20))])
     add("unknown_class", objects=[("cat", (1, 1, 20, 20)), ("zebra", (2, 2, 9, 9))])
+    add("too_large_image", w=200, h=150)  # over the 10 000-pixel ceiling the test sets
     (root / "Annotations" / "empty_annotation.xml").write_text("")
     (root / "Annotations" / "malformed.xml").write_text("<annotation><size></annotation>")
     ids = ["good1", "good2", "missing_image", "corrupt_image", "truncated_image", "size_mismatch",
            "box_outside", "degenerate_box", "unknown_class", "empty_annotation", "malformed",
-           "missing_annotation"]
+           "missing_annotation", "too_large_image"]
     (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
     return root
 
 
 def test_every_kind_of_problem_is_listed(tmp_path: Path) -> None:
     root = broken_devkit(tmp_path)
-    report = check_dataset(f"voc:{root}", classes=("cat", "dog"))
+    report = check_dataset(f"voc:{root}", classes=("cat", "dog"),
+                           images=ImageReader(max_pixels=10_000))
     assert isinstance(report, CheckReport) and not report.ok
     by_file = {(Path(p.file).stem, p.kind) for p in report.problems}
     assert by_file == {
@@ -99,17 +102,18 @@ def test_every_kind_of_problem_is_listed(tmp_path: Path) -> None:
         ("box_outside", "box_outside"),
         ("degenerate_box", "degenerate_box"),
         ("unknown_class", "unknown_class"),
+        ("too_large_image", "too_large_image"),
     }
     assert set(report.counts_by_kind()) == set(PROBLEM_KINDS)
-    assert len(report.problems) == 10
+    assert len(report.problems) == 11
     # images kept by the lenient reader: good1, good2, corrupt, truncated, size, outside,
-    # degenerate, unknown (their bad objects left out)
-    assert report.num_images == 8
-    assert report.class_counts == {"cat": 8, "dog": 1}
+    # degenerate, unknown (their bad objects left out), too large
+    assert report.num_images == 9
+    assert report.class_counts == {"cat": 9, "dog": 1}
     text = report.format()
-    assert "PROBLEMS: 10" in text and "degenerate_box.xml: object 0 ('dog'): degenerate box" in text
+    assert "PROBLEMS: 11" in text and "degenerate_box.xml: object 0 ('dog'): degenerate box" in text
     assert "truncated_image.jpg: cannot read image" in text
-    assert "anchor coverage" in text and "cat: 8" in text
+    assert "anchor coverage" in text and "cat: 9" in text
     # header-only checking misses the truncated file but not the others
     quick = check_dataset(f"voc:{root}", classes=("cat", "dog"), decode_images=False)
     assert len(quick.problems) == 9
@@ -117,12 +121,15 @@ def test_every_kind_of_problem_is_listed(tmp_path: Path) -> None:
 
 def test_prepare_dataset_error_and_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = f"voc:{broken_devkit(tmp_path)}"
-    with pytest.raises(DataError, match=r"(?s)PROBLEMS: 10.*--on-bad-data skip"):
-        prepare_dataset(spec, classes=("cat", "dog"))
+    small = ImageReader(max_pixels=10_000)
+    with pytest.raises(DataError, match=r"(?s)PROBLEMS: 11.*--on-bad-data skip"):
+        prepare_dataset(spec, classes=("cat", "dog"), images=small)
     with caplog.at_level(logging.WARNING, logger="fasterrcnn.data"):
-        ds, report = prepare_dataset(spec, on_bad_data="skip", classes=("cat", "dog"))
+        ds, report = prepare_dataset(spec, on_bad_data="skip", classes=("cat", "dog"), images=small)
     assert not report.ok
-    assert caplog.text.count("bad data") == 10
+    assert caplog.text.count("bad data") == 11
+    # the counts after skipping: the dropped images' and boxes' objects are not counted
+    assert (report.used_images, report.used_objects) == (5, 6) and report.num_objects > 6
     names = [Path(ds.annotation(i).file_name).stem for i in range(len(ds))]
     assert names == ["good1", "good2", "box_outside", "degenerate_box", "unknown_class"]
     for i in range(len(ds)):

@@ -28,191 +28,63 @@ The report itself (statistics, anchor coverage, the text) and :func:`sanitize` l
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import numpy as np
-import torch
+from typing import Sequence
 
 from fasterrcnn.config import AnchorConfig, InputConfig
 from fasterrcnn.data.check_report import (  # SanitizedDataset: re-exported
     CheckReport, SanitizedDataset, build_report, sanitize,
 )
-from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset, load_image
+from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample, mismatch_message
+from fasterrcnn.data.problems import (  # re-exported: the kinds and helpers readers share
+    BOX_OUTSIDE, BOX_TOLERANCE, CORRUPT_IMAGE, DEGENERATE_BOX, EMPTY_ANNOTATION, IMAGE_EXTENSIONS,
+    MALFORMED, MISSING_ANNOTATION, MISSING_IMAGE, PROBLEM_KINDS, SIZE_MISMATCH, TOO_LARGE_IMAGE,
+    UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issue, box_issues, collect_notes,
+    collect_problems, find_image, stem_candidates,
+)
+
+__all__ = [
+    "BOX_OUTSIDE", "BOX_TOLERANCE", "CORRUPT_IMAGE", "DEGENERATE_BOX", "EMPTY_ANNOTATION",
+    "IMAGE_EXTENSIONS", "MALFORMED", "MISSING_ANNOTATION", "MISSING_IMAGE", "PROBLEM_KINDS",
+    "SIZE_MISMATCH", "TOO_LARGE_IMAGE", "UNKNOWN_CLASS", "CheckReport", "Problem", "ProblemLog",
+    "SanitizedDataset", "box_issue", "box_issues", "check_dataset", "check_image_file",
+    "collect_problems", "count_objects", "find_image", "load_sample", "open_dataset",
+    "prepare_dataset", "read_image_size", "sanitize", "stem_candidates",
+]
 
 logger = logging.getLogger("fasterrcnn.data")
 
-# --------------------------------------------------------------------------- problems
-
-MALFORMED = "malformed"  # unparseable file, missing field, bad number, bad line
-EMPTY_ANNOTATION = "empty_annotation"  # annotation file with no content at all
-MISSING_ANNOTATION = "missing_annotation"  # listed in a split file but no annotation file
-MISSING_IMAGE = "missing_image"
-CORRUPT_IMAGE = "corrupt_image"  # the image file cannot be read / decoded
-SIZE_MISMATCH = "size_mismatch"  # recorded size (XML <size>, COCO width/height) != the file's
-BOX_OUTSIDE = "box_outside"  # beyond the image by more than the tolerance (1 px)
-DEGENERATE_BOX = "degenerate_box"  # x2 <= x1 or y2 <= y1 (or non-finite)
-UNKNOWN_CLASS = "unknown_class"  # class name not in the given class list / label out of range
-
-PROBLEM_KINDS: tuple[str, ...] = (
-    MALFORMED, EMPTY_ANNOTATION, MISSING_ANNOTATION, MISSING_IMAGE, CORRUPT_IMAGE,
-    SIZE_MISMATCH, BOX_OUTSIDE, DEGENERATE_BOX, UNKNOWN_CLASS,
-)
-
-BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image before it is a problem
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
-)
+MAX_NOTES_PER_KIND = 20  # mapped / EXIF-turned images listed by name in a report
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset. ``str(problem)`` is ``file[:line]: message``."""
-
-    file: str
-    message: str
-    kind: str
-    line: int | None = None
-    index: int | None = None  # image index in the dataset (None: already left out by the reader)
-    obj: int | None = None  # object index in dataset.annotation(index)
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else f"{self.file}"
-        return f"{where}: {self.message}"
-
-
-class ProblemLog:
-    """Collects problems; in strict mode the first fatal one raises :class:`DataError`."""
-
-    def __init__(self, strict: bool = True) -> None:
-        self.strict = strict
-        self.problems: list[Problem] = []
-
-    def add(
-        self,
-        file: str | Path,
-        message: str,
-        kind: str,
-        *,
-        line: int | None = None,
-        fatal: bool = True,
-    ) -> None:
-        problem = Problem(str(file), message, kind, line)
-        if self.strict and fatal:
-            raise DataError(str(problem))
-        if not fatal:
-            logger.warning("%s", problem)
-        self.problems.append(problem)
-
-
-def collect_problems(dataset: object) -> list[Problem]:
-    """Reader problems of ``dataset`` and of the datasets it wraps (``parts``, ``base``)."""
-    out: list[Problem] = list(getattr(dataset, "problems", None) or [])
-    for part in getattr(dataset, "parts", None) or []:
-        out.extend(collect_problems(part))
-    base = getattr(dataset, "base", None)
-    if base is not None and not hasattr(dataset, "problems"):
-        out.extend(collect_problems(base))
-    return out
-
-
-# --------------------------------------------------------------------------- shared file helpers
-
-
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the image header (no full decode); DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
-    return int(height), int(width)
-
-
-def find_image(candidates: Iterable[Path]) -> Path | None:
-    """The first of ``candidates`` that is an existing file."""
-    for c in candidates:
-        if c.is_file():
-            return c
-    return None
-
-
-def stem_candidates(folder: Path, stem: str) -> list[Path]:
-    """``folder/stem.EXT`` for every common image extension (lower and upper case)."""
-    return [folder / f"{stem}{e}" for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
-
-
-def load_sample(path: str | Path, ann: Annotation) -> tuple[torch.Tensor, dict]:
-    """Decode the image of ``ann`` and return ``(image, ann.as_target())``; DataError when the
-    image's size is not the annotation's."""
-    image = load_image(path)
-    h, w = int(image.shape[1]), int(image.shape[2])
-    if (h, w) != (ann.height, ann.width):
-        raise DataError(
-            f"{path}: image is {w}x{h} (WxH) but its annotation says {ann.width}x{ann.height}"
-        )
-    return image, ann.as_target()
-
-
-def box_issue(
-    box: Sequence[float], height: int, width: int, tolerance: float = BOX_TOLERANCE
-) -> tuple[str, str] | None:
-    """``(kind, message)`` when the xyxy ``box`` is degenerate or outside the image, else None."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    text = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return DEGENERATE_BOX, f"box {text} has non-finite coordinates"
-    if x2 <= x1 or y2 <= y1:
-        return DEGENERATE_BOX, f"degenerate box {text} (x2 <= x1 or y2 <= y1)"
-    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
-        return BOX_OUTSIDE, f"box {text} is outside the {width}x{height} (WxH) image"
-    return None
-
-
-def box_issues(
-    boxes: np.ndarray, height: int, width: int, tolerance: float = BOX_TOLERANCE
-) -> list[tuple[int, str, str]]:
-    """``(object index, kind, message)`` for each degenerate box or box outside the image."""
-    out: list[tuple[int, str, str]] = []
-    for k, b in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4).tolist()):
-        issue = box_issue(b, height, width, tolerance)
-        if issue is not None:
-            out.append((k, *issue))
-    return out
+def read_image_size(path: str | Path, reader: ImageReader = DEFAULT_READER) -> tuple[int, int]:
+    """(height, width) from the image header (no full decode), as ``reader`` loads it."""
+    return reader.size(path)
 
 
 def check_image_file(
-    path: Path, height: int, width: int, decode: bool = True
+    path: Path, height: int, width: int, decode: bool = True,
+    reader: ImageReader = DEFAULT_READER, notes: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(kind, message)`` problems of one image file: missing, unreadable, size mismatch.
-
-    With ``decode`` the pixels are decoded too (JPEGs at 1/8 scale, which still reads all of
-    the file) so that truncated files are found.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        return [(MISSING_IMAGE, "image file not found")]
+    """``(kind, message)`` problems of one image file: missing, unreadable, too large, size
+    mismatch. With ``decode`` the pixels are decoded too so that truncated files are found.
+    ``notes`` receives ``(kind, text)`` for what the reader does on purpose to this file:
+    ``("exif", ...)`` for an EXIF turn it applies, ``("mapped", ...)`` for a high-bit-depth
+    value mapping."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if decode:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as exc:
-        return [(CORRUPT_IMAGE, f"cannot read image ({exc})")]
-    if (h, w) != (height, width):
-        return [(SIZE_MISMATCH, f"image is {w}x{h} (WxH) but its annotation says {width}x{height}")]
+        info = reader.inspect(path, decode)
+    except ProblemError as exc:
+        return [(exc.problem.kind, exc.problem.message)]
+    except DataError as exc:
+        return [(CORRUPT_IMAGE, str(exc))]
+    if notes is not None:
+        if info.orientation != 1 and reader.exif == "apply":
+            notes.append(("exif", f"{path}: EXIF orientation {info.orientation} applied"))
+        if info.mapping:
+            notes.append(("mapped", f"{path}: {info.mapping}"))
+    if (info.height, info.width) != (height, width):
+        return [(SIZE_MISMATCH, mismatch_message(info, height, width, reader))]
     return []
 
 
@@ -220,13 +92,20 @@ def check_image_file(
 
 
 def open_dataset(
-    data: str | DetectionDataset, classes: Sequence[str] | None = None, strict: bool = False
+    data: str | DetectionDataset,
+    classes: Sequence[str] | None = None,
+    strict: bool = False,
+    *,
+    images: ImageReader | None = None,
+    unannotated: str = "skip",
 ) -> tuple[DetectionDataset, str]:
     """``(dataset, source text)`` for a data spec (opened leniently by default) or a dataset."""
     if isinstance(data, str):
         from fasterrcnn.data.spec import parse_data_spec
 
-        return parse_data_spec(data, classes=classes, strict=strict), data
+        ds = parse_data_spec(data, classes=classes, strict=strict,
+                             images=images or DEFAULT_READER, unannotated=unannotated)
+        return ds, data
     return data, repr(data) if type(data).__repr__ is not object.__repr__ else type(data).__name__
 
 
@@ -239,27 +118,38 @@ def check_dataset(
     input_cfg: InputConfig | None = None,
     tolerance: float = BOX_TOLERANCE,
     crop: int | None = None,
+    images: ImageReader | None = None,
+    unannotated: str = "skip",
 ) -> CheckReport:
     """Check a data spec (``"voc:..."``, read leniently) or a dataset; list every problem.
 
     Checks: the readers' problems (malformed / empty / missing annotation files, unknown
     classes, bad boxes), then per image: the image file exists and can be read (``decode_images``
-    decodes the pixels, finding truncated files; otherwise only the header is read), its size
-    agrees with the annotation, boxes are inside the image (``tolerance`` px) and not
+    decodes the pixels, finding truncated files; otherwise only the header is read), it is not
+    over the reader's pixel ceiling, its size agrees with the annotation (naming EXIF
+    orientation when that is the cause), boxes are inside the image (``tolerance`` px) and not
     degenerate, labels are in 1..K. Images whose ``file_name`` is not a file (e.g. synthetic
     data) are produced with ``dataset[i]`` instead when ``decode_images``.
 
-    ``classes`` is passed to the readers when ``data`` is a spec (unknown names are problems).
+    ``classes``, ``images`` (the :class:`~fasterrcnn.data.images.ImageReader`; default: the
+    dataset's own, else the default rules) and ``unannotated`` (flat VOC folders: images
+    without an XML) are passed to the readers when ``data`` is a spec.
+
+    The report's ``notes`` list what was done on purpose: the readers' notes (images without an
+    annotation file), images turned by their EXIF orientation, high-bit-depth images and how
+    their values were mapped.
 
     Statistics: counts per class, box statistics, and the coverage of the anchors in
     ``anchors`` (default: the paper's) on boxes resized as ``input_cfg`` (default 600 / 1000)
     resizes each whole image, or, with ``crop``, as it resizes a ``crop`` x ``crop`` window (training
     on random crops and sliced inference see large photos that way).
     """
-    ds, source = open_dataset(data, classes)
+    ds, source = open_dataset(data, classes, images=images, unannotated=unannotated)
+    reader = images or getattr(ds, "image_reader", None) or DEFAULT_READER
     anchors = anchors or AnchorConfig()
     input_cfg = input_cfg or InputConfig()
     problems = collect_problems(ds)
+    file_notes: list[tuple[str, str]] = []
     anns: list[Annotation] = []
     k = len(ds.classes)
     for i in range(len(ds)):
@@ -277,23 +167,45 @@ def check_dataset(
                     ann.file_name, f"object {obj}: label {label} is not in 1..{k}",
                     UNKNOWN_CLASS, index=i, obj=obj,
                 ))
-        problems.extend(_image_problems(ds, i, ann, decode_images))
-    return build_report(source, ds.classes, len(ds), anns, problems, anchors, input_cfg, crop)
+        problems.extend(_image_problems(ds, i, ann, decode_images, reader, file_notes))
+    report = build_report(source, ds.classes, len(ds), anns, problems, anchors, input_cfg, crop)
+    report.notes = collect_notes(ds) + _summarise_notes(file_notes, reader)
+    return report
+
+
+def _summarise_notes(notes: list[tuple[str, str]], reader: ImageReader) -> list[str]:
+    out: list[str] = []
+    for kind, title in (
+        ("exif", "turned by their EXIF orientation as viewers show them (--exif apply; "
+                 "--exif ignore uses the raw pixel grid)"),
+        ("mapped", f"of high bit depth, mapped to 0..255 (--high-bit-depth {reader.high_bit})"),
+    ):
+        lines = [text for k, text in notes if k == kind]
+        if not lines:
+            continue
+        out.append(f"{len(lines)} image(s) {title}:")
+        out.extend(f"  {t}" for t in lines[:MAX_NOTES_PER_KIND])
+        if len(lines) > MAX_NOTES_PER_KIND:
+            out.append(f"  ... and {len(lines) - MAX_NOTES_PER_KIND} more")
+    return out
 
 
 def _image_problems(
-    ds: DetectionDataset, i: int, ann: Annotation, decode: bool
+    ds: DetectionDataset, i: int, ann: Annotation, decode: bool, reader: ImageReader,
+    notes: list[tuple[str, str]],
 ) -> list[Problem]:
     path = Path(ann.file_name)
     if path.is_file():
         return [
             Problem(ann.file_name, msg, kind, index=i)
-            for kind, msg in check_image_file(path, ann.height, ann.width, decode)
+            for kind, msg in check_image_file(path, ann.height, ann.width, decode, reader, notes)
         ]
     if not decode:
         return []
     try:
         image, _ = ds[i]
+    except ProblemError as exc:
+        return [Problem(ann.file_name, exc.problem.message, exc.problem.kind, index=i)]
     except DataError as exc:
         kind = MISSING_IMAGE if "not found" in str(exc) else CORRUPT_IMAGE
         return [Problem(ann.file_name, str(exc), kind, index=i)]
@@ -310,6 +222,11 @@ def _image_problems(
 ON_BAD_DATA = ("error", "skip")
 
 
+def count_objects(dataset: DetectionDataset) -> int:
+    """Objects (boxes) in ``dataset``, from its annotations (no image is decoded)."""
+    return sum(len(dataset.annotation(i).boxes) for i in range(len(dataset)))
+
+
 def prepare_dataset(
     data: str | DetectionDataset,
     *,
@@ -319,20 +236,27 @@ def prepare_dataset(
     anchors: AnchorConfig | None = None,
     input_cfg: InputConfig | None = None,
     log: logging.Logger | None = None,
+    images: ImageReader | None = None,
+    unannotated: str = "skip",
 ) -> tuple[DetectionDataset, CheckReport]:
     """Open and check ``data`` for training; ``(dataset, report)``.
 
     ``on_bad_data="error"``: any problem raises :class:`DataError` whose message is the full
     report. ``"skip"``: the bad images / boxes are dropped (:func:`sanitize`) with a logged
-    warning each. DataError too when nothing usable is left.
+    warning each; ``report.used_images`` / ``report.used_objects`` then count what is left.
+    The report's notes are logged as warnings. DataError too when nothing usable is left: no
+    image, no class, or not a single object (a detector cannot learn from that).
     """
     if on_bad_data not in ON_BAD_DATA:
         raise DataError(f"on_bad_data must be one of {ON_BAD_DATA}, got {on_bad_data!r}")
-    ds, source = open_dataset(data, classes)
+    log = log or logger
+    ds, source = open_dataset(data, classes, images=images, unannotated=unannotated)
     report = check_dataset(
-        ds, decode_images=decode_images, anchors=anchors, input_cfg=input_cfg
+        ds, decode_images=decode_images, anchors=anchors, input_cfg=input_cfg, images=images
     )
     report.source = source
+    for note in report.notes:
+        log.warning("note: %s", note)
     if not report.ok:
         if on_bad_data == "error":
             raise DataError(
@@ -340,6 +264,18 @@ def prepare_dataset(
                 + "\n(fix the data, or pass --on-bad-data skip to leave the bad parts out)"
             )
         ds = sanitize(ds, report, log)
+    report.used_images = len(ds)
+    report.used_objects = count_objects(ds)
     if len(ds) == 0:
         raise DataError(f"{source}: no usable images")
+    if not ds.classes:
+        raise DataError(f"{source}: no object classes found (no image has a box and no class "
+                        "list was given): there is nothing to train a detector on")
+    if report.used_objects == 0:
+        dropped = " after leaving out the bad parts" if not report.ok else ""
+        raise DataError(
+            f"{source}: none of the {len(ds)} image(s) has an object{dropped}; a detector needs "
+            "labelled boxes to learn from (are the annotations in this folder, and in the format "
+            "the spec names?)"
+        )
     return ds, report

@@ -24,7 +24,7 @@ from fasterrcnn.data.dataset import Annotation, DetectionDataset
 from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, input_scale, suggest_anchors
 
 if TYPE_CHECKING:
-    from fasterrcnn.data.check import Problem
+    from fasterrcnn.data.problems import Problem
 
 logger = logging.getLogger("fasterrcnn.data")
 
@@ -51,6 +51,9 @@ class CheckReport:
     anchor_coverage: dict[float, float] = field(default_factory=dict)  # on network-input boxes
     suggested_anchors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     scale_note: str = "input scale"  # at which scale the boxes met the anchors
+    notes: list[str] = field(default_factory=list)  # done on purpose (not problems), one per line
+    used_images: int | None = None  # after leaving out the bad parts (prepare_dataset)
+    used_objects: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -95,6 +98,9 @@ class CheckReport:
         if self.suggested_anchors is not None:
             s, r = self.suggested_anchors
             lines.append(f"  suggested anchors: sizes {_fmt(s)}, ratios {_fmt(r)}")
+        if self.notes:
+            lines.append("  notes:")
+            lines.extend(f"    {n}" for n in self.notes)
         if self.ok:
             lines.append("  no problems found")
             return "\n".join(lines)

@@ -33,10 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fasterrcnn.data.check import (
-    MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS, Problem, ProblemLog, box_issue, load_sample,
-)
 from fasterrcnn.data.dataset import Annotation, DataError
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample
+from fasterrcnn.data.problems import (
+    MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issue,
+    problem_error,
+)
 
 UNKNOWN_CLASS_MODES = ("error", "skip")
 
@@ -64,13 +66,12 @@ def load_coco_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read COCO annotation file ({exc})") from None
     if not text.strip():
-        raise DataError(f"{path}: empty annotation file")
+        raise problem_error(path, "empty annotation file", MALFORMED)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})"
-        ) from None
+        raise problem_error(path, f"invalid JSON ({exc.msg}, column {exc.colno})", MALFORMED,
+                            line=exc.lineno) from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object at the top, got {type(data).__name__}")
     for key in ("images", "categories"):
@@ -97,6 +98,7 @@ class COCODataset:
         *,
         unknown_classes: str = "error",
         strict: bool = True,
+        images: ImageReader = DEFAULT_READER,
     ) -> None:
         if unknown_classes not in UNKNOWN_CLASS_MODES:
             raise DataError(
@@ -105,6 +107,7 @@ class COCODataset:
         path = Path(annotations_json)
         self.annotations_json = path
         self.images_dir = Path(images_dir)
+        self.image_reader = images
         if not self.images_dir.is_dir():
             raise DataError(f"{self.images_dir}: COCO images folder not found")
         log = ProblemLog(strict)
@@ -113,7 +116,9 @@ class COCODataset:
         except DataError as exc:
             if strict:
                 raise
-            log.problems.append(Problem(str(path), str(exc).removeprefix(f"{path}: "), MALFORMED))
+            problem = (exc.problem if isinstance(exc, ProblemError)
+                       else Problem(str(path), str(exc).removeprefix(f"{path}: "), MALFORMED))
+            log.problems.append(problem)
             data = {"images": [], "categories": [], "annotations": []}
 
         # categories
@@ -253,4 +258,4 @@ class COCODataset:
         return self._annotations[index].copy()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        return load_sample(self.image_files[index], self._annotations[index])
+        return load_sample(self.image_files[index], self._annotations[index], self.image_reader)

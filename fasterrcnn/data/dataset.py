@@ -101,22 +101,11 @@ class DetectionDataset(Protocol):
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as a uint8 RGB tensor [3, H, W]; DataError naming the file if bad."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file as a uint8 RGB tensor [3, H, W] with the default reading rules
+    (:class:`fasterrcnn.data.images.ImageReader`); DataError naming the file if bad."""
+    from fasterrcnn.data.images import DEFAULT_READER
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{path}: empty image")
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return DEFAULT_READER.load(path)
 
 
 class ConcatDataset:

@@ -32,11 +32,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fasterrcnn.data.check import (
-    CORRUPT_IMAGE, IMAGE_EXTENSIONS, MALFORMED, UNKNOWN_CLASS, Problem, ProblemLog, box_issue,
-    load_sample, read_image_size,
-)
 from fasterrcnn.data.dataset import Annotation, DataError
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample
+from fasterrcnn.data.problems import (
+    IMAGE_EXTENSIONS, MALFORMED, UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issue,
+)
 
 CLASSES_FILE = "classes.txt"
 UNKNOWN_CLASS_MODES = ("error", "skip")
@@ -138,6 +138,7 @@ class FolderDataset:
         *,
         unknown_classes: str = "error",
         strict: bool = True,
+        images: ImageReader = DEFAULT_READER,
     ) -> None:
         if unknown_classes not in UNKNOWN_CLASS_MODES:
             raise DataError(
@@ -146,6 +147,7 @@ class FolderDataset:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: image folder not found")
+        self.image_reader = images
         self.root = root
         names_file = root / CLASSES_FILE
         file_names = read_class_names(names_file) if names_file.is_file() else None
@@ -174,9 +176,9 @@ class FolderDataset:
         warned: set[int] = set()
         for image in images:
             try:
-                h, w = read_image_size(image)
-            except DataError as exc:
-                log.add(image, str(exc).removeprefix(f"{image}: "), CORRUPT_IMAGE)
+                h, w = self.image_reader.size(image)
+            except ProblemError as exc:
+                log.add(image, exc.problem.message, exc.problem.kind)
                 continue
             label_file = label_file_for(image)
             boxes, labels = [], []
@@ -220,4 +222,4 @@ class FolderDataset:
         return self._annotations[index].copy()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        return load_sample(self.image_files[index], self._annotations[index])
+        return load_sample(self.image_files[index], self._annotations[index], self.image_reader)

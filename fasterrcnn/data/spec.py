@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fasterrcnn.data.dataset import Annotation, ConcatDataset, DataError, DetectionDataset
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader
 
 SHAPES_DEFAULT_SIZES: dict[str, int] = {"train": 800, "val": 200, "test": 200}
 
@@ -77,7 +78,8 @@ class RelabeledDataset:
 
 
 def _parse_one(
-    part: str, spec: str, classes: Sequence[str] | None, split_default: str, strict: bool
+    part: str, spec: str, classes: Sequence[str] | None, split_default: str, strict: bool,
+    images: ImageReader, unannotated: str,
 ) -> DetectionDataset:
     scheme, sep, rest = part.partition(":")
     scheme = scheme.strip().lower()
@@ -98,18 +100,19 @@ def _parse_one(
             root, split = rest.rsplit(":", 1)
             if not split:
                 raise _spec_error(spec, "empty VOC split")
-        return VOCDataset(root, split, classes, strict=strict)
+        return VOCDataset(root, split, classes, strict=strict, images=images,
+                          unannotated=unannotated)
     if scheme == "coco":
         from fasterrcnn.data.coco import COCODataset
 
         fields = rest.split(":")
         if len(fields) != 2 or not all(fields):
             raise _spec_error(spec, "coco needs both the annotation JSON and the images folder")
-        return COCODataset(fields[0], fields[1], classes, strict=strict)
+        return COCODataset(fields[0], fields[1], classes, strict=strict, images=images)
     if scheme == "folder":
         from fasterrcnn.data.folder import FolderDataset
 
-        return FolderDataset(rest, classes, strict=strict)
+        return FolderDataset(rest, classes, strict=strict, images=images)
     raise _spec_error(spec, f"unknown scheme {scheme!r}")
 
 
@@ -143,15 +146,21 @@ def parse_data_spec(
     classes: Sequence[str] | None = None,
     split_default: str = "trainval",
     strict: bool = True,
+    images: ImageReader = DEFAULT_READER,
+    unannotated: str = "skip",
 ) -> DetectionDataset:
     """The dataset a spec names (see the module docstring). ``strict=False`` opens the readers
-    in lenient mode (problems collected, see :mod:`fasterrcnn.data.check`)."""
+    in lenient mode (problems collected, see :mod:`fasterrcnn.data.check`). ``images``: how
+    image files are read (:class:`~fasterrcnn.data.images.ImageReader`: EXIF, bit depth, pixel
+    ceiling); ``unannotated``: what a flat VOC folder's images without an XML are
+    (:class:`~fasterrcnn.data.voc.VOCDataset`)."""
     if not isinstance(spec, str) or not spec.strip():
         raise _spec_error(str(spec), "empty spec")
     parts = [p.strip() for p in spec.split("+")]
     if not all(parts):
         raise _spec_error(spec, "empty part around '+'")
-    datasets = [_parse_one(p, spec, classes, split_default, strict) for p in parts]
+    datasets = [_parse_one(p, spec, classes, split_default, strict, images, unannotated)
+                for p in parts]
     if classes is not None:
         wanted = tuple(classes)
         datasets = [_with_classes(d, wanted) for d in datasets]

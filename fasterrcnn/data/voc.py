@@ -7,8 +7,13 @@ Layouts (chosen automatically from ``root``):
     beside its image; ``split`` is ignored. The image is the XML's ``<filename>`` (beside the
     XML, or its ``<path>``); when that is stale (another extension or folder, e.g. the XML
     says ``OSBS_029.tif`` but the file is ``OSBS_029.png``) it is the XML's own stem, or the
-    ``<filename>`` stem, with any common image extension. Images without an XML are not
-    part of the dataset (an XML without objects marks an image with no objects).
+    ``<filename>`` stem, with any common image extension. An XML without objects marks an
+    image with no objects. An image without any XML (LabelImg writes none for an image left
+    without boxes, but the image may also not be annotated yet) is taken as
+    ``unannotated`` (``--unannotated-images``) says: ``"skip"`` (default) leaves it out as not
+    annotated yet, ``"negative"`` uses it as an image with no objects, ``"error"`` makes it a
+    problem (``missing_annotation``). Either way the count is in ``notes`` (and so in
+    ``check-data``'s report) and logged.
 
 Coordinates: VOC stores 1-based inclusive pixel indices; a box over pixel columns
 ``xmin..xmax`` (1-based) is ``[xmin - 1, ymin - 1, xmax, ymax]`` in the package's continuous
@@ -43,11 +48,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fasterrcnn.data.check import (
-    CORRUPT_IMAGE, EMPTY_ANNOTATION, MALFORMED, MISSING_ANNOTATION, MISSING_IMAGE, UNKNOWN_CLASS,
-    Problem, ProblemLog, box_issues, find_image, load_sample, read_image_size, stem_candidates,
-)
 from fasterrcnn.data.dataset import Annotation, DataError
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample
+from fasterrcnn.data.problems import (
+    EMPTY_ANNOTATION, IMAGE_EXTENSIONS, MALFORMED, MISSING_ANNOTATION, MISSING_IMAGE,
+    UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issues, find_image,
+    stem_candidates,
+)
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -56,6 +63,7 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 UNKNOWN_CLASS_MODES = ("error", "skip")
+UNANNOTATED_MODES = ("skip", "negative", "error")
 
 
 @dataclass
@@ -216,12 +224,20 @@ class VOCDataset:
         keep_difficult: bool = True,
         unknown_classes: str = "error",
         strict: bool = True,
+        images: ImageReader = DEFAULT_READER,
+        unannotated: str = "skip",
     ) -> None:
         root = Path(root)
         if unknown_classes not in UNKNOWN_CLASS_MODES:
             raise DataError(
                 f"unknown_classes must be one of {UNKNOWN_CLASS_MODES}, got {unknown_classes!r}"
             )
+        if unannotated not in UNANNOTATED_MODES:
+            raise DataError(
+                f"unannotated must be one of {UNANNOTATED_MODES}, got {unannotated!r}"
+            )
+        self.image_reader = images
+        self.notes: list[str] = []
         if not root.is_dir():
             raise DataError(f"{root}: VOC folder not found")
         self.root = root
@@ -262,12 +278,14 @@ class VOCDataset:
                 h, w = rec.height, rec.width
             else:
                 try:
-                    h, w = read_image_size(image)
-                except DataError as exc:
+                    h, w = images.size(image)
+                except ProblemError as exc:
                     log.add(xml, f"<size> missing and the image is unreadable: {exc}",
-                            CORRUPT_IMAGE)
+                            exc.problem.kind)
                     continue
             records.append((id_, rec, image, h, w))
+        if self.layout == "flat":
+            records += self._unannotated(root, {r[2].resolve() for r in records}, unannotated, log)
 
         if classes is None:
             names = sorted({o.name for _, rec, _, _, _ in records for o in rec.objects})
@@ -317,6 +335,43 @@ class VOCDataset:
             self.image_files.append(image)
         self.problems: list[Problem] = log.problems
 
+    def _unannotated(
+        self, root: Path, used: set[Path], mode: str, log: ProblemLog
+    ) -> list[tuple[str, VOCRecord, Path, int, int]]:
+        """Images of a flat folder that no XML names: left out, used as negatives, or problems."""
+        lonely = sorted(p for p in root.iterdir()
+                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                        and p.resolve() not in used and not p.with_suffix(".xml").is_file())
+        if not lonely:
+            return []
+        names = ", ".join(p.name for p in lonely[:5]) + (", ..." if len(lonely) > 5 else "")
+        other = "--unannotated-images negative uses them as images with no objects (LabelImg " \
+                "writes no XML for an image without boxes), error refuses them"
+        if mode == "error":
+            for p in lonely:
+                log.add(p, f"no annotation file: no XML in {root} names this image (pass "
+                        "--unannotated-images skip to leave such images out, or negative to use "
+                        "them as images with no objects)", MISSING_ANNOTATION)
+            return []
+        if mode == "skip":
+            note = (f"{root}: {len(lonely)} image(s) without an XML left out as not annotated "
+                    f"yet ({names}); {other}")
+            self.notes.append(note)
+            return []
+        out = []
+        for p in lonely:
+            try:
+                h, w = self.image_reader.size(p)
+            except ProblemError as exc:
+                log.add(p, exc.problem.message, exc.problem.kind)
+                continue
+            out.append((p.stem, VOCRecord(xml=p.with_suffix(".xml"), filename=p.name, path=None, width=w, height=h),
+                        p, h, w))
+        note = (f"{root}: {len(lonely)} image(s) without an XML used as images with no objects "
+                f"({names}; --unannotated-images negative)")
+        self.notes.append(note)
+        return out
+
     def __len__(self) -> int:
         return len(self._annotations)
 
@@ -328,5 +383,5 @@ class VOCDataset:
         return self._annotations[index].copy()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        return load_sample(self.image_files[index], self._annotations[index])
+        return load_sample(self.image_files[index], self._annotations[index], self.image_reader)
 
