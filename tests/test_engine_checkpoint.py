@@ -18,6 +18,7 @@ from fasterrcnn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
     check_compatible,
+    check_config_unedited,
     export_weights,
     load_checkpoint,
     load_state_strict,
@@ -111,14 +112,31 @@ def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path: Path) -> Non
     newer = tmp_path / "newer.pt"
     torch.save({**full_checkpoint(), "version": VERSION + 1}, newer)
     for path, pattern in [
-        (truncated, "cannot read"), (garbage, "cannot read"), (empty, "cannot read"),
-        (plain, "not a fasterrcnn checkpoint"), (evil, "cannot read"), (newer, "version"),
+        (truncated, "cannot read.*incomplete"), (garbage, "not a fasterrcnn checkpoint"),
+        (empty, "not a fasterrcnn checkpoint: the file is empty"),
+        (plain, "not a fasterrcnn checkpoint"), (evil, "not a fasterrcnn checkpoint"),
+        (newer, "version"),
         (tmp_path / "missing.pt", "not found"), (tmp_path, "not a file"),
     ]:
         with pytest.raises(CheckpointError, match=pattern) as info:
             load_checkpoint(path)
         assert str(path) in str(info.value)
         assert isinstance(info.value, ValueError)
+        assert "weights_only" not in str(info.value)  # never the advice to load unsafely
+
+
+def test_edited_config_is_found_when_weights_still_fit(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "a.pt", full_checkpoint())
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["model"]["anchors"]["sizes"] = [7, 9, 11]
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt, edited)  # the written copy of the config travels along
+    with pytest.raises(CheckpointError, match=r"(?s)edited after it was written.*model.anchors.sizes"):
+        check_config_unedited(load_checkpoint(edited), edited)
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["train"]["max_iter"] = 5  # an operational key: allowed
+    torch.save(ckpt, edited)
+    assert load_checkpoint(edited)["config"]["train"]["max_iter"] == 5
 
 
 def test_check_compatible_lists_differences(tmp_path: Path) -> None:
@@ -152,7 +170,7 @@ def test_export_and_strict_loading(tmp_path: Path) -> None:
     model = TinyDetector()
     path = export_weights(tmp_path / "model_final.pt", model=model, cfg=toy_config(), classes=CLASSES)
     light = load_checkpoint(path)
-    assert set(light) == {"format", "version", "config", "classes", "model"}
+    assert set(light) == {"format", "version", "config", "classes", "model", "config_as_written"}
     other = TinyDetector()
     load_state_strict(other, light["model"], path)
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))

@@ -10,6 +10,7 @@ from .common import classes_arg
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
+    from ..data.images import ImageReader
 
     cfg = preset(args.preset)
     if args.set:
@@ -21,6 +22,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         anchors=cfg.model.anchors,
         input_cfg=cfg.model.input,
         crop=args.crop,
+        images=ImageReader.from_args(args),
+        unannotated=args.unannotated_images,
     )
     print(report.format(max_problems=args.max_problems))
     return 0 if report.ok else 1

@@ -11,35 +11,62 @@ from .common import load_for_inference, log, set_threads, sliced_predictor
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _collect_images(paths: Sequence[str]) -> list[Path]:
+def _collect_images(paths: Sequence[str], recursive: bool = False) -> list[Path]:
+    """The image files named or in the folders named (their subfolders too with ``recursive``;
+    without it, a note says how many subfolders were not searched)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = p.rglob("*") if recursive else p.iterdir()
+            files += sorted((f for f in found if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()),
+                            key=lambda f: f.relative_to(p).as_posix())
+            subfolders = [d for d in p.iterdir() if d.is_dir()] if not recursive else []
+            if subfolders:
+                log.warning("note: %s has %d subfolder(s) that were not searched (pass --recursive "
+                            "to search them)", p, len(subfolders))
         elif p.is_file():
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such image or folder")
     if not files:
-        raise FileNotFoundError(f"no images found in {', '.join(paths)}")
+        raise FileNotFoundError(f"no images found in {', '.join(paths)}"
+                                + ("" if recursive else " (subfolders are searched with --recursive)"))
     return files
 
 
+def output_name(path: Path, used: set[str]) -> str:
+    """A picture name for ``path`` that no earlier image took: ``x.jpg``, then ``x_png.jpg``
+    (``x.png`` beside ``x.jpg``), then ``PARENT_x.jpg`` (``d1/x.jpg`` and ``d2/x.jpg``), then
+    ``x_2.jpg``, ``x_3.jpg``, ... Adds the name to ``used``."""
+    ext = path.suffix.lower().lstrip(".")
+    candidates = [f"{path.stem}.jpg", f"{path.stem}_{ext}.jpg", f"{path.parent.name}_{path.stem}.jpg"]
+    name = next((c for c in candidates if c.lower() not in used), None)
+    n = 2
+    while name is None:
+        c = f"{path.stem}_{n}.jpg"
+        name = c if c.lower() not in used else None
+        n += 1
+    used.add(name.lower())  # case-insensitive file systems: A.jpg and a.jpg are one file
+    return name
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
-    from ..data.dataset import DataError, load_image
+    from ..data.dataset import DataError
+    from ..data.images import ImageReader
     from ..engine.inference import detections_json, write_json
     from ..visualize import draw_detections
 
     set_threads(args.threads)
     model, _, classes = load_for_inference(args)
     predictor = sliced_predictor(model, args) or model.predict
-    files = _collect_images(args.inputs)
+    files = _collect_images(args.inputs, getattr(args, "recursive", False))
+    reader = ImageReader.from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dets, names, skipped = [], [], 0
+    dets, names, skipped, used = [], [], 0, set()
     for path in files:
-        try:
-            image = load_image(path)
+        try:  # detected and drawn on the same pixels (EXIF orientation applied per --exif)
+            image = reader.load(path)
         except DataError as exc:
             log.warning("skipped %s", exc)
             skipped += 1
@@ -49,9 +76,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         dets.append({k: v.numpy() for k, v in det.items()})
         names.append(str(path))
         drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
-        target = out / f"{path.stem}.jpg"
-        if target.exists() and str(target) in getattr(cmd_detect, "_written", set()):
-            target = out / f"{path.stem}_{len(names)}.jpg"
+        target = out / output_name(path, used)
         drawn.save(target, quality=92)
         print(f"{path}: {len(det['boxes'])} detections -> {target}")
     results = detections_json(dets, image_ids=list(range(len(names))), file_names=names, classes=classes)

@@ -19,6 +19,26 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_image_reading(p: argparse.ArgumentParser, unannotated: bool = True) -> None:
+    """How image files are read (see fasterrcnn/data/images.py and docs/bad-data.md)."""
+    p.add_argument("--exif", choices=("apply", "ignore"), default="apply",
+                   help="EXIF orientation: turn photos as viewers show them (apply, default; as "
+                        "detectron2 and mmcv do) or use the raw pixel grid (ignore)")
+    p.add_argument("--high-bit-depth", choices=("auto", "minmax", "bitdepth"), default="auto",
+                   help="16-bit / float images to 0..255: by the values they hold (auto, default: "
+                        "values within 0..255 kept, else 0..max scaled), per-image stretch "
+                        "(minmax), or by the container's bit depth (bitdepth)")
+    p.add_argument("--max-image-pixels", type=int, default=250_000_000, metavar="N",
+                   help="refuse images with more than N pixels (default 250000000; 0 = no "
+                        "ceiling); replaces Pillow's decompression-bomb limit")
+    if unannotated:
+        p.add_argument("--unannotated-images", choices=("skip", "negative", "error"),
+                       default="skip",
+                       help="flat voc:DIR folders, an image without an XML beside it: leave it "
+                            "out as not annotated yet (skip, default), use it as an image with "
+                            "no objects (negative), or refuse (error)")
+
+
 def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model_final.pt or last.pt written by train/demo")
     p.add_argument("--batch-size", type=int, default=4, help="images (or tiles) per forward pass")
@@ -131,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None, help="sliced inference for validation images")
     p.add_argument("--tile-overlap", type=int, default=64, help="tile overlap for --tile")
     p.add_argument("--max-detections", type=int, default=None, help=argparse.SUPPRESS)
+    _add_image_reading(p)
     _add_runtime(p)
     p.set_defaults(func=cmd_train)
 
@@ -158,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this")
+    p.add_argument("--recursive", action="store_true",
+                   help="also search the subfolders of a folder given (default: its files only)")
+    _add_image_reading(p, unannotated=False)
     _add_inference(p)
     p.set_defaults(func=cmd_detect)
 
@@ -177,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure anchor fit at the scale the network sees SIZE-px crops or tiles of large "
                    "images (train --crop, detect --tile) instead of whole rescaled images")
     p.add_argument("--max-problems", type=int, default=None, help="list at most N problems")
+    _add_image_reading(p)
     p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("presets", help="list the named presets")

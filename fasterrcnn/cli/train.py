@@ -13,6 +13,7 @@ from .common import build_config, classes_arg, log, print_metrics, set_threads, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..data.check import prepare_dataset
+    from ..data.images import ImageReader
     from ..data.spec import parse_data_spec
     from ..engine.inference import evaluate_model
 
@@ -20,6 +21,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     classes = classes_arg(args.classes)
     base_cfg = build_config(args)
+    images = ImageReader.from_args(args)
     train_set, report = prepare_dataset(
         args.data,
         on_bad_data=args.on_bad_data,
@@ -28,6 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         anchors=base_cfg.model.anchors,
         input_cfg=base_cfg.model.input,
         log=log,
+        images=images,
+        unannotated=args.unannotated_images,
     )
     classes = tuple(train_set.classes)
     cfg = build_config(args, num_classes=len(classes))
@@ -40,12 +44,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_set = RandomCropDataset(train_set, args.crop, per_image, seed=cfg.train.seed,
                                       dihedral=args.dihedral)
         print(f"training on random {args.crop}x{args.crop} crops: {per_image} per image")
-    print(f"training data {args.data}: {len(train_set)} images, {report.num_objects} objects, "
+    print(f"training data {args.data}: {len(train_set)} images, {report.used_objects} objects, "
           f"classes: {', '.join(classes)}")
     out = Path(args.out)
     val_fn = None
     if args.val_data:
-        val_set = parse_data_spec(args.val_data, classes=classes)
+        val_set = parse_data_spec(args.val_data, classes=classes, images=images)
         predictor_for = lambda m: sliced_predictor(m, args)  # noqa: E731
 
         def val_fn(model: Any) -> dict[str, Any]:

@@ -21,9 +21,13 @@ the previous checkpoint intact (and at worst a stale ``.NAME.*.tmp`` file, see
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import random
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -56,6 +60,15 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, not ours, or does not fit; the message names it."""
 
 
+log = logging.getLogger("fasterrcnn")
+
+# The config as written, kept beside the editable "config" so that an edit made afterwards
+# (say, anchor sizes changed while the weights still fit) is found when the file is loaded.
+WRITTEN_CONFIG_KEY = "config_as_written"
+# Keys of the config that may be edited in a checkpoint without changing what its weights mean.
+EDITABLE_KEYS = RESUME_FREE_KEYS + ("model.roi_head.score_thresh", "model.roi_head.detections_per_img")
+
+
 # --------------------------------------------------------------------------- writing / reading
 
 
@@ -64,10 +77,13 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    state = dict(state)
+    if "config" in state and WRITTEN_CONFIG_KEY not in state:
+        state[WRITTEN_CONFIG_KEY] = json.dumps(state["config"], sort_keys=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -118,15 +134,44 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle/EOF/unsafe-global errors all mean "unreadable"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: not a fasterrcnn checkpoint: the file is empty")
+    if head != _ZIP_MAGIC:  # torch.save has written zip archives since torch 1.6; so do we
         raise CheckpointError(
-            f"{path}: cannot read checkpoint (truncated, corrupt or not a checkpoint): {msg}"
-        ) from None
+            f"{path}: not a fasterrcnn checkpoint: it is not a PyTorch zip archive (it starts "
+            f"with bytes {head!r}, not {_ZIP_MAGIC!r}); it was not loaded"
+        )
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle/EOF/unsafe-global errors all mean "unreadable"
+        raise CheckpointError(f"{path}: {_unreadable_reason(exc)}") from None
     validate_checkpoint(ckpt, path)
     return ckpt
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in our words. torch's own first line
+    advises loading again with ``weights_only=False``: that would run whatever code the file
+    holds, so it is never repeated here."""
+    text = str(exc)
+    unsafe = [ln.strip() for ln in text.splitlines()
+              if ln.strip().startswith(("Trying to load unsupported", "Unsupported"))
+              or "GLOBAL" in ln]
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        why = unsafe[0].rstrip(".") if unsafe else "it holds objects a checkpoint never holds"
+        return (f"not a fasterrcnn checkpoint: it holds pickled objects or code that a "
+                f"checkpoint never contains ({why}); it was not loaded and nothing in it was run")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()
+                  and "weights_only" not in ln), type(exc).__name__)
+    return ("cannot read checkpoint: the zip archive is incomplete or damaged (a truncated or "
+            f"corrupt file, e.g. a copy that did not finish): {first}")
 
 
 def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> None:
@@ -148,6 +193,33 @@ def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> 
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     if not isinstance(ckpt["model"], Mapping):
         raise CheckpointError(f"{path}: checkpoint 'model' entry is not a state dict")
+
+
+def check_config_unedited(ckpt: Mapping[str, Any], path: str | os.PathLike = "<checkpoint>") -> None:
+    """CheckpointError when the checkpoint's config was edited after it was written in a key
+    that changes what the weights mean (anchors, backbone, input size, ...: everything but
+    :data:`EDITABLE_KEYS`); an edit of an editable key is logged. Files written before the
+    written copy was kept pass unchecked."""
+    written = ckpt.get(WRITTEN_CONFIG_KEY)
+    if not isinstance(written, str):
+        return
+    try:
+        original = json.loads(written)
+    except ValueError:
+        raise CheckpointError(f"{path}: checkpoint's {WRITTEN_CONFIG_KEY!r} entry is damaged") from None
+    diffs = config_differences(original, ckpt["config"])
+    if not diffs:
+        return
+    lines = [f"{k}: written {old!r}, now {new!r}" for k, (old, new) in diffs.items()]
+    bad = [ln for k, ln in zip(diffs, lines)
+           if not any(k == f or k.startswith(f + ".") for f in EDITABLE_KEYS)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: the config in this checkpoint was edited after it was written, in key(s) "
+            "that change what its weights mean (they still fit, but would be read wrongly):\n  "
+            + "\n  ".join(bad) + "\nUse the file as it was written, or train with the new config."
+        )
+    log.warning("%s: config edited after the checkpoint was written: %s", path, "; ".join(lines))
 
 
 def is_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
@@ -200,6 +272,7 @@ def load_model(
         )
     model = build_model(cfg.model, load_backbone_weights=False)  # the checkpoint has every weight
     load_state_strict(model, ckpt["model"], path)
+    check_config_unedited(ckpt, path)  # the weights fit: is the config still the one they had?
     model.to(device)
     model.eval()
     return model, cfg, classes
