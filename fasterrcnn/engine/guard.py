@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -36,6 +38,42 @@ def check_finite_weights(model: nn.Module, iteration: int, lr: float, last_path:
             f"{last_path} was left as it was.",
             iteration, str(last_path) if last_path.exists() else None,
         )
+
+
+def previous_path(last_path: Path) -> Path:
+    """Where the checkpoint before ``last.pt`` is kept (``.last.pt.prev``) while training runs."""
+    return last_path.with_name(f".{last_path.name}.prev")
+
+
+def keep_previous(last_path: Path) -> None:
+    """Before ``last.pt`` is overwritten, keep the current one as :func:`previous_path` (a hard
+    link where the file system has them, else a copy), so a checkpoint whose weights then turn
+    out to diverge can be replaced by the one before it."""
+    if not last_path.is_file():
+        return
+    prev, tmp = previous_path(last_path), last_path.with_name(f".{last_path.name}.prev.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last_path, tmp)
+    except OSError:
+        shutil.copy2(last_path, tmp)
+    os.replace(tmp, prev)
+
+
+def keep_good_checkpoint(last_path: Path, last_saved: int, prev_saved: int, first_bad: int) -> int:
+    """On divergence: ``last.pt`` written at iteration ``first_bad - 1`` holds the very weights
+    that gave the first non-finite loss, so it is not a good checkpoint: the previous one (saved
+    at ``prev_saved``) takes its place, or, without one, it is renamed ``last.pt.diverged``.
+    Returns the iteration of the checkpoint now in ``last.pt`` (-1: none)."""
+    prev = previous_path(last_path)
+    if last_saved < first_bad - 1 or not last_path.is_file():
+        prev.unlink(missing_ok=True)
+        return last_saved if last_path.is_file() else -1
+    if prev.is_file() and prev_saved >= 0:
+        os.replace(prev, last_path)
+        return prev_saved
+    os.replace(last_path, last_path.with_name(last_path.name + ".diverged"))
+    return -1
 
 
 class NonFiniteGuard:

@@ -16,14 +16,16 @@ warns once and carries on.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from tqdm import tqdm
+
+log = logging.getLogger("fasterrcnn.train")
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -81,12 +83,8 @@ class TrainLogger:
 
                 self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
             except Exception as exc:  # ImportError, or a broken tensorboard install
-                warnings.warn(
-                    f"TensorBoard logging disabled ({type(exc).__name__}: {exc}); "
-                    "install the 'tensorboard' package to get it",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                log.warning("TensorBoard logging disabled (%s: %s); install the 'tensorboard' "
+                            "package to get it", type(exc).__name__, exc)
         if progress:
             self._bar = tqdm(
                 total=self.max_iter,
@@ -110,13 +108,17 @@ class TrainLogger:
             self._bar.write(line)
 
     def warning(self, message: str) -> None:
-        """``warnings.warn`` plus a ``WARNING`` line in ``train.log``."""
+        """A ``WARNING`` line in ``train.log`` and a warning on the ``fasterrcnn.train`` logger
+        (the console shows the message itself, not a Python warning with a source path)."""
         if not self.enabled:
             return
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] WARNING {message}"
         self._text.write(line + "\n")
         self._text.flush()
+        if self._bar is not None and not log.handlers and not logging.getLogger().handlers:
+            self._bar.write(line)  # nobody would show the log record: keep it above the bar
+        else:
+            log.warning("%s", message)
 
     # ------------------------------------------------------------------ per iteration
 

@@ -68,6 +68,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .guard import keep_good_checkpoint, keep_previous, previous_path
 from .guard import NonFiniteGuard, TrainingDiverged, check_finite_weights  # noqa: F401 (re-export)
 from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
@@ -268,11 +269,16 @@ def _train(
     metrics: dict[str, Any] = {}
     logged: dict[str, float] = {}
 
+    prev_saved = -1  # the checkpoint before last.pt (kept until training ends; see guard.py)
+    save_due = False  # a save fell on a skipped step: it is written at the next good step
+
     def save_last() -> None:
-        nonlocal last_saved
+        nonlocal last_saved, prev_saved
         check_finite_weights(model, iteration, tcfg.lr, last_path)
         rngs = dist_utils.all_gather_object(capture_rng_state())
         if main:
+            keep_previous(last_path)
+            prev_saved = last_saved
             save_checkpoint(last_path, training_state(
                 cfg=cfg, classes=classes, model=model, iteration=iteration, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, ema=ema,
@@ -314,6 +320,9 @@ def _train(
                 logger.warning(
                     guard.bad_step(iteration, values, loss_ok=outcome.loss_ok, grads_ok=outcome.grads_ok)
                 )
+                if guard.streak >= tcfg.max_bad_steps and main:  # keep only weights of good steps
+                    last_saved = keep_good_checkpoint(last_path, last_saved, prev_saved,
+                                                      iteration - guard.streak + 1)
                 guard.check_diverged(
                     iteration, values, lr=lr, global_batch=global_batch, last_path=last_path,
                     last_saved=last_saved,
@@ -330,8 +339,10 @@ def _train(
             if logger.should_log(iteration):
                 logged = dist_utils.all_reduce_dict(logger.window_means())
                 logger.log(iteration, logged, lr)
-            if _is_due(iteration, tcfg.checkpoint_period) or iteration == tcfg.max_iter:
-                save_last()
+            if _is_due(iteration, tcfg.checkpoint_period) or iteration == tcfg.max_iter or save_due:
+                save_due = bool(bad) and iteration != tcfg.max_iter  # never during skipped steps
+                if not save_due:
+                    save_last()
             if _is_due(iteration, tcfg.eval_period) and iteration != tcfg.max_iter:
                 metrics = evaluate()
 
@@ -341,6 +352,7 @@ def _train(
         if main:
             export_weights(final_path, model=model if ema is None else ema.module, cfg=cfg, classes=classes)
             logger.info(f"wrote {final_path}")
+            previous_path(last_path).unlink(missing_ok=True)
         if val_fn is not None:
             metrics = evaluate()
         dist_utils.barrier()
