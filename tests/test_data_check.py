@@ -18,6 +18,8 @@ from fasterrcnn.data.check import (
 from fasterrcnn.data.dataset import Annotation, DataError
 from fasterrcnn.data.images import ImageReader
 
+from helpers import MemoryDataset
+
 FIXTURES = Path(__file__).parent / "fixtures" / "voc"
 
 XML = """<annotation>
@@ -142,33 +144,13 @@ def test_prepare_dataset_error_and_skip(tmp_path: Path, caplog: pytest.LogCaptur
         prepare_dataset(spec, on_bad_data="ignore")
 
 
-class MemoryDataset:
-    """An in-memory dataset not read from files (like the synthetic data)."""
-
-    classes = ("a", "b")
-
-    def __init__(self, anns: list[Annotation]) -> None:
-        self.anns = anns
-
-    def __len__(self) -> int:
-        return len(self.anns)
-
-    def annotation(self, index: int) -> Annotation:
-        return self.anns[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        a = self.anns[index]
-        h = a.height + (5 if index == 2 else 0)  # image 2 has the wrong size
-        return torch.zeros(3, h, a.width, dtype=torch.uint8), a.as_target()
-
-
 def test_foreign_dataset_checks_and_sanitize(caplog: pytest.LogCaptureFixture) -> None:
     anns = [
         Annotation(0, "mem/0", 20, 20, [[0, 0, 10, 10], [5, 5, 5, 8], [1, 1, 4, 4]], [1, 2, 3]),
         Annotation(1, "mem/1", 20, 20, [[0, 0, 10, 10]], [2]),
         Annotation(2, "mem/2", 20, 20, [[0, 0, 10, 10]], [1]),
     ]
-    ds = MemoryDataset(anns)
+    ds = MemoryDataset(anns, wrong_size=2)
     report = check_dataset(ds)
     assert [(p.kind, p.index, p.obj) for p in report.problems] == [
         ("degenerate_box", 0, 1), ("unknown_class", 0, 2), ("size_mismatch", 2, None),

@@ -15,6 +15,8 @@ from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
 from fasterrcnn.data.export import export_coco
 
+from helpers import MemoryDataset
+
 FIXTURE = Path(__file__).parent / "fixtures" / "coco" / "instances_mini.json"
 
 
@@ -121,26 +123,6 @@ def test_lenient_collects_and_drops(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- export
-
-
-class MemoryDataset:
-    """A tiny in-memory dataset: random images with the given annotations."""
-
-    def __init__(self, annotations: list[Annotation], classes: tuple[str, ...]) -> None:
-        self.anns = annotations
-        self.classes = classes
-
-    def __len__(self) -> int:
-        return len(self.anns)
-
-    def annotation(self, index: int) -> Annotation:
-        return self.anns[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        a = self.anns[index]
-        g = torch.Generator().manual_seed(index)
-        image = torch.randint(0, 256, (3, a.height, a.width), dtype=torch.uint8, generator=g)
-        return image, a.as_target()
 
 
 def test_export_coco_round_trip(tmp_path: Path) -> None:

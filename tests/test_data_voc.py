@@ -16,6 +16,8 @@ from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
 from fasterrcnn.data.export import export_voc, voc_box
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
 
+from helpers import MemoryDataset
+
 FIXTURES = Path(__file__).parent / "fixtures" / "voc"
 
 
@@ -171,26 +173,6 @@ def test_size_mismatch_on_load(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- export
-
-
-class MemoryDataset:
-    """A tiny in-memory dataset: random images with the given annotations."""
-
-    def __init__(self, annotations: list[Annotation], classes: tuple[str, ...]) -> None:
-        self.anns = annotations
-        self.classes = classes
-
-    def __len__(self) -> int:
-        return len(self.anns)
-
-    def annotation(self, index: int) -> Annotation:
-        return self.anns[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        a = self.anns[index]
-        g = torch.Generator().manual_seed(index)
-        image = torch.randint(0, 256, (3, a.height, a.width), dtype=torch.uint8, generator=g)
-        return image, a.as_target()
 
 
 def sample_dataset() -> MemoryDataset:
