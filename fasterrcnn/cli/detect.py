@@ -34,19 +34,20 @@ def _collect_images(paths: Sequence[str], recursive: bool = False) -> list[Path]
     return files
 
 
-def output_name(path: Path, used: set[str]) -> str:
-    """A picture name for ``path`` that no earlier image took: ``x.jpg``, then ``x_png.jpg``
-    (``x.png`` beside ``x.jpg``), then ``PARENT_x.jpg`` (``d1/x.jpg`` and ``d2/x.jpg``), then
-    ``x_2.jpg``, ``x_3.jpg``, ... Adds the name to ``used``."""
-    ext = path.suffix.lower().lstrip(".")
-    candidates = [f"{path.stem}.jpg", f"{path.stem}_{ext}.jpg", f"{path.parent.name}_{path.stem}.jpg"]
-    name = next((c for c in candidates if c.lower() not in used), None)
-    n = 2
-    while name is None:
-        c = f"{path.stem}_{n}.jpg"
-        name = c if c.lower() not in used else None
-        n += 1
-    used.add(name.lower())  # case-insensitive file systems: A.jpg and a.jpg are one file
+def output_name(path: Path, used: dict[str, str]) -> str:
+    """A picture name for ``path`` that no earlier image took: ``x.jpg``; when taken, by an
+    image of another type ``x_png.jpg`` (``x.png`` beside ``x.jpg``), by one of the same type
+    ``PARENT_x.jpg`` (``d1/x.jpg`` and ``d2/x.jpg``); then ``x_2.jpg``, ``x_3.jpg``, ...
+    ``used`` maps each name taken (lower case: case-insensitive file systems) to the suffix of
+    its image; the name chosen is added."""
+    ext = path.suffix.lower()
+    first = f"{path.stem}.jpg"
+    by_type, by_parent = f"{path.stem}_{ext.lstrip('.')}.jpg", f"{path.parent.name}_{path.stem}.jpg"
+    same_type = used.get(first.lower()) == ext
+    candidates = [first] + ([by_parent, by_type] if same_type else [by_type, by_parent])
+    candidates += [f"{path.stem}_{n}.jpg" for n in range(2, len(used) + 3)]
+    name = next(c for c in candidates if c.lower() not in used)
+    used[name.lower()] = ext
     return name
 
 
@@ -63,7 +64,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     reader = ImageReader.from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dets, names, skipped, used = [], [], 0, set()
+    dets, names, skipped, used = [], [], 0, {}
     for path in files:
         try:  # detected and drawn on the same pixels (EXIF orientation applied per --exif)
             image = reader.load(path)
