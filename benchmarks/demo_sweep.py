@@ -15,7 +15,7 @@ settings quickly; the demo's own figure is always measured on 2 CPU cores with
 
 Usage::
 
-    python benchmarks/demo_sweep.py --device cuda --parallel 8 --out /tmp/sweep base stride4
+    python benchmarks/demo_sweep.py --device cuda --parallel 8 --out /tmp/sweep base base.s1
     python benchmarks/demo_sweep.py --val 600 --out /tmp/sweep base base.s1 cosine cosine.s1
     python benchmarks/demo_sweep.py --list
 
@@ -50,6 +50,9 @@ def _crowd(fewest: int, most: int, min_visible: float) -> dict[str, Any]:
             "@train_spec.min_visible": min_visible}
 
 
+# Variants of options since removed from the code (the semantic loss, the IoU branch, the
+# focal loss, batch padding masks, the /4 shortcut and the stride-4 backbone) are gone with
+# them; their runs stay in benchmarks/RESULTS.md.
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "rpn-box": {"model.rpn.positive_weighting": "box"},
@@ -75,15 +78,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "roi-reg2": {"model.roi_head.loss_weight_reg": 2.0},
     "extra1": {"model.backbone.extra_convs": 1},
     "extra2": {"model.backbone.extra_convs": 2},
-    "fine32": {"model.backbone.fine_channels": 32},
     "ohem": {"model.roi_head.hard_mining": True},
     "ctx15": {"model.roi_head.context_scales": [1.5]},
     "ohem-ctx15": {"model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5]},
     "ohem-ctx15-i2000": {"model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5],
                          **_steps(2000)},
-    "ctx15-fine32": {"model.roi_head.context_scales": [1.5], "model.backbone.fine_channels": 32},
-    "iou5": {"model.roi_head.iou_quality": 0.5},
-    "iou3": {"model.roi_head.iou_quality": 0.3},
     "ema998": {"train.ema_decay": 0.998},
     "ema995": {"train.ema_decay": 0.995},
     "casc6": {"model.roi_head.cascade_ious": [0.6]},
@@ -97,8 +96,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dihedral-i3300": {"train.vflip_prob": 0.5, "train.transpose_prob": 0.5, **_steps(3300)},
     "i2400": _steps(2400),
     "i2100": _steps(2100),
-    "stride4": {"model.backbone.stride": 4},
-    "stride4-rpn32": {"model.backbone.stride": 4, "model.rpn.conv_channels": 32},
     "input352": {"model.input.min_size_train": [352], "model.input.max_size_train": 576,
                  "model.input.min_size_test": 352, "model.input.max_size_test": 576},
     "multiscale": {"model.input.min_size_train": [256, 288, 320, 352],
@@ -157,11 +154,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "i3600": _steps(3600),
     "width40": {"model.backbone.width": 40},
     "rpn-post600": {"model.rpn.post_nms_top_n_train": 600},
-    # dense auxiliary loss: feature cells labelled from the gt boxes (modeling/semantic.py)
-    "seg1": {"model.semantic.loss_weight": 1.0},
-    "seg05": {"model.semantic.loss_weight": 0.5},
-    "seg2": {"model.semantic.loss_weight": 2.0},
-    "seg1-c64": {"model.semantic.loss_weight": 1.0, "model.semantic.conv_channels": 64},
     # the full rate for longer within the preset's 2400 iterations (decay at 86% and 96%)
     "late-decay": {"train.lr_steps": [2064, 2304]},
     # Fast R-CNN's background RoIs from IoU [0.1, 0.5) only (the preset: [0, 0.5))
@@ -172,10 +164,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ctx15-25": {"model.roi_head.context_scales": [1.5, 2.5]},
     # what the 7% faster RPN step of 2026-12-05 buys in the same training time
     "i2600": _steps(2600),
-    # session 15: batch padding that changes nothing (model.mask_padding)
-    "maskpad": {"model.mask_padding": True},
-    # session 16: a focal log loss in the head; the paper's weight decay (the preset: 1e-4)
-    "focal1": {"model.roi_head.focal_gamma": 1.0},
+    # the paper's weight decay (the preset: 1e-4)
     "wd5e4": {"train.weight_decay": 5e-4},
     "amp-bf16": {"train.amp": "bf16"},  # GPU only
     "amp-fp16": {"train.amp": "fp16"},  # GPU only
@@ -257,12 +246,14 @@ def load_detections(path: Path, split: str, num_images: int) -> list[dict]:
 def run_one(name: str, device: str, out: Path, threads: int, val: int = 0) -> dict[str, Any]:
     import torch
 
-    from fasterrcnn.config import override, preset
+    from fasterrcnn.config import override
+    from fasterrcnn.presets import preset
     from fasterrcnn.data.dataset import InMemoryDataset
     from fasterrcnn.data.shapes import SPLIT_SPECS, ShapesDataset
     from fasterrcnn.engine.checkpoint import load_model
     from fasterrcnn.engine.inference import run_inference
-    from fasterrcnn.engine.trainer import train
+    from fasterrcnn.engine.trainer import train_joint
+    from fasterrcnn.modeling.builder import build_predictor
 
     torch.set_num_threads(threads)
     changes = variant_changes(name)
@@ -276,10 +267,11 @@ def run_one(name: str, device: str, out: Path, threads: int, val: int = 0) -> di
     train_set = InMemoryDataset(ShapesDataset("train", num_train, seed=0, spec=train_spec))
     test_set = ShapesDataset("test", 200, seed=0, spec=spec)
     data_s = time.time() - start
-    summary = train(cfg, train_set, out_dir=out / name, classes=train_set.classes, device=device,
+    summary = train_joint(cfg, train_set, out_dir=out / name, classes=train_set.classes, device=device,
                     progress=False)
     train_s = time.time() - start - data_s
-    model, _, _ = load_model(out / name / "model_final.pt", device=device)
+    net, saved_cfg, _ = load_model(out / name / "model_final.pt", device=device)
+    model = build_predictor(net, saved_cfg.model)  # with the config's test-time views
     dets = run_inference(model, test_set, batch_size=8, device=device)
     anns = [test_set.annotation(i) for i in range(len(test_set))]
     test = _split_scores(dets, anns, test_set.classes)

@@ -50,7 +50,7 @@ import torch
 
 from machine_info import machine
 from fasterrcnn.cli import main as cli
-from fasterrcnn.config import preset
+from fasterrcnn.presets import preset
 from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.export import export_coco, export_voc
 from fasterrcnn.data.shapes import SHAPES_CLASSES, ShapesDataset

@@ -11,7 +11,7 @@ Assets (installed by ``bash benchmarks/install_assets.sh``, never downloaded her
 
 What runs, per ``--init`` (``pretrained`` and/or ``random``; same settings otherwise):
   preset ``mobilenetv2-trees`` (MobileNetV2 stride 8, anchors 16..80 px) trained with
-  :func:`fasterrcnn.engine.trainer.train` on deterministic random 512-px crops of the training
+  :func:`fasterrcnn.engine.trainer.train_joint` on deterministic random 512-px crops of the training
   photo (:class:`~fasterrcnn.data.tiling.RandomCropDataset`, right-angle flips/transposes), then
   the test photo goes through :func:`~fasterrcnn.engine.sliced.predict_sliced` (512-px tiles,
   128-px overlap) and is scored with VOC AP@0.5 (all-point and 11-point) and COCO AP.
@@ -49,13 +49,15 @@ import torch
 
 from machine_info import machine
 from trees_report import SECTION, draw, markdown, write_section
-from fasterrcnn.config import Config, from_dict, override, parse_overrides, preset, to_dict
+from fasterrcnn.config import Config, from_dict, override, parse_overrides, to_dict
+from fasterrcnn.presets import preset
 from fasterrcnn.data.stats import anchor_coverage, box_statistics, input_boxes, suggest_anchors
 from fasterrcnn.data.tiling import RandomCropDataset
 from fasterrcnn.data.voc import VOCDataset
 from fasterrcnn.engine.checkpoint import load_model
 from fasterrcnn.engine.sliced import predict_sliced
-from fasterrcnn.engine.trainer import train
+from fasterrcnn.engine.trainer import train_joint
+from fasterrcnn.modeling.builder import build_predictor
 from fasterrcnn.evaluation import evaluate_voc
 from fasterrcnn.evaluation.coco import evaluate_coco
 
@@ -185,7 +187,8 @@ def coco_many_dets(gts: list, dets: list, max_dets: int = 1000) -> dict[str, flo
 
 def evaluate(weights: Path, test_set: VOCDataset, tile: int, overlap: int) -> dict[str, Any]:
     """Sliced inference on every test photo + VOC / VOC07 / COCO metrics."""
-    model, _, _ = load_model(weights)
+    net, cfg, _ = load_model(weights)
+    model = build_predictor(net, cfg.model)  # with the config's test-time views (none in the preset)
     dets, gts = [], []
     t0 = time.perf_counter()
     for i in range(len(test_set)):
@@ -213,7 +216,7 @@ def seconds_per_iteration(cfg: Config, crops: RandomCropDataset, n: int = 12) ->
     """Measured time of one training iteration (loss, backward, SGD step) on ``crops``; the first
     two iterations are warm-up and not counted."""
     from fasterrcnn.data.loader import TrainingSet
-    from fasterrcnn.modeling.faster_rcnn import build_model
+    from fasterrcnn.modeling.builder import build_model
 
     model = build_model(cfg.model)
     model.train()
@@ -250,7 +253,7 @@ def run_one(init: str, cfg: Config, train_photo: VOCDataset, test_set: VOCDatase
     print(f"[{init}] training {cfg.train.max_iter} iterations x {cfg.train.images_per_batch} "
           f"crops of {crop} px -> {run_dir}", flush=True)
     t0 = time.perf_counter()
-    result = train(cfg, crops, out_dir=run_dir, classes=CLASSES, progress=False)
+    result = train_joint(cfg, crops, out_dir=run_dir, classes=CLASSES, progress=False)
     train_s = time.perf_counter() - t0
     print(f"[{init}] trained in {train_s / 60:.1f} min; evaluating", flush=True)
     metrics = evaluate(Path(result["final_weights"]), test_set, tile, overlap)

@@ -34,11 +34,12 @@ from typing import Any, Sequence
 
 import torch
 
-from fasterrcnn.config import Config, preset
+from fasterrcnn.config import Config
+from fasterrcnn.presets import preset
 from fasterrcnn.data.spec import parse_data_spec
-from fasterrcnn.engine.alternating import train_alternating
+from fasterrcnn.engine import train
 from fasterrcnn.engine.checkpoint import load_model
-from fasterrcnn.engine.trainer import train
+from fasterrcnn.modeling.builder import build_predictor
 from fasterrcnn.evaluation import evaluate_voc
 
 SECTION = "## Joint vs 4-step alternating training (built-in shapes data)"
@@ -69,7 +70,8 @@ def budget_config(cfg: Config, iters: int, schedule: str) -> Config:
 
 def evaluate(weights: Path, test_set: Any, batch: int = 8) -> dict[str, Any]:
     """VOC07 mAP of a saved model on ``test_set``."""
-    model, _, classes = load_model(weights)
+    net, cfg, classes = load_model(weights)
+    model = build_predictor(net, cfg.model)  # with the config's test-time views
     gts, dets = [], []
     for start in range(0, len(test_set), batch):
         idx = range(start, min(start + batch, len(test_set)))
@@ -82,8 +84,7 @@ def evaluate(weights: Path, test_set: Any, batch: int = 8) -> dict[str, Any]:
 def run_one(schedule: str, cfg: Config, train_set: Any, test_set: Any, out: Path) -> dict[str, Any]:
     classes = tuple(train_set.classes)
     t0 = time.perf_counter()
-    fn = train_alternating if schedule == "alternating" else train
-    summary = fn(cfg, train_set, out_dir=out, classes=classes, progress=False)
+    summary = train(cfg, train_set, out_dir=out, classes=classes, progress=False)  # cfg names the schedule
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = evaluate(Path(summary["final_weights"]), test_set)

@@ -27,16 +27,17 @@ from pathlib import Path
 def run_worker(device: str, iters: int, images: int, amp: str, out: Path) -> None:
     import torch
 
-    from fasterrcnn.config import override, preset
+    from fasterrcnn.config import override
+    from fasterrcnn.presets import preset
     from fasterrcnn.data.dataset import InMemoryDataset
     from fasterrcnn.data.shapes import ShapesDataset
-    from fasterrcnn.engine.trainer import train
+    from fasterrcnn.engine.trainer import train_joint
 
     torch.set_num_threads(1)
     cfg = override(preset("tiny-shapes"), {"train.max_iter": iters, "train.lr_steps": [iters],
                                            "train.amp": amp, "train.checkpoint_period": 10**9})
     data = InMemoryDataset(ShapesDataset("train", images, seed=0))
-    train(cfg, data, out_dir=out, classes=data.classes, device=device, progress=False)
+    train_joint(cfg, data, out_dir=out, classes=data.classes, device=device, progress=False)
 
 
 def step_times(log: Path) -> list[float]:

@@ -31,7 +31,6 @@ class BackboneConfig:
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
     extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
-    fine_channels: int = 0  # "tiny": channels of a /4 shortcut concatenated to the output; 0 = none
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,6 @@ class RoIHeadConfig:
     # generalized IoU of the decoded box with its gt box (Rezatofighi et al. 2019; mmdetection
     # weighs it 10x, i.e. loss_weight_reg=10). Hard mining ranks RoIs by smooth L1 either way
     box_loss: str = "smooth_l1"
-    # focal modulation of the head's log loss (Lin et al. 2017, softmax form): each RoI's term is
-    # multiplied by (1 - p_true)^focal_gamma, so that well-classified RoIs count less and hard
-    # ones (a partly hidden object, a confusing background patch) more. 0: the paper's log loss
-    focal_gamma: float = 0.0
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
     detections_per_img: int = 100
@@ -123,18 +118,7 @@ class RoIHeadConfig:
     # cascade_loss_weight ** (k - 1). () = one stage (the paper).
     cascade_ious: tuple[float, ...] = ()
     cascade_loss_weight: float = 0.5
-    # predicted IoU per class on fc7 (after IoU-Net, Jiang et al. 2018), trained on the RoIs that
-    # overlap a gt box at IoU >= iou_quality_min_iou; test scores become
-    # p ** (1 - iou_quality) * iou ** iou_quality. 0 = no such branch (the paper)
-    iou_quality: float = 0.0
-    iou_quality_min_iou: float = 0.1
-    iou_quality_loss_weight: float = 1.0
-
     def __post_init__(self) -> None:
-        if not 0.0 <= self.iou_quality <= 1.0:
-            raise ConfigError(f"roi_head.iou_quality must be in [0, 1] (0 = off), got {self.iou_quality}")
-        if self.iou_quality > 0 and self.cascade_ious:
-            raise ConfigError("roi_head.iou_quality and roi_head.cascade_ious cannot be combined")
         if any(not 0.0 < t < 1.0 for t in self.cascade_ious):
             raise ConfigError(f"roi_head.cascade_ious must be in (0, 1), got {self.cascade_ious}")
         if not self.cascade_loss_weight >= 0.0:
@@ -151,8 +135,6 @@ class RoIHeadConfig:
             raise ConfigError(f"roi_head.vote_iou must be in [0, 1] (0 = off), got {self.vote_iou}")
         if self.box_loss not in BOX_LOSSES:
             raise ConfigError(f"roi_head.box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
-        if not self.focal_gamma >= 0:
-            raise ConfigError(f"roi_head.focal_gamma must be >= 0 (0 = the log loss), got {self.focal_gamma}")
 
 
 @dataclass(frozen=True)
@@ -218,25 +200,6 @@ def _positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class SemanticConfig:
-    """A dense auxiliary loss on the shared feature map (off by default, as in the paper): each
-    feature cell is labelled with the class of the smallest gt box holding its centre (0 where
-    none does), and a 1x1 conv (after a 3x3 conv + ReLU when ``conv_channels`` > 0) learns those
-    labels with cross-entropy, weighted by ``loss_weight``. Training only: detection is
-    unchanged in cost. See modeling/semantic.py."""
-
-    loss_weight: float = 0.0  # 0 = off
-    conv_channels: int = 0
-
-    def __post_init__(self) -> None:
-        if self.loss_weight < 0 or self.conv_channels < 0:
-            raise ConfigError(
-                f"semantic.loss_weight and semantic.conv_channels must be >= 0, got "
-                f"{self.loss_weight}, {self.conv_channels}"
-            )
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 20  # object classes, background excluded
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -245,19 +208,13 @@ class ModelConfig:
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     test_aug: TestAugConfig = field(default_factory=TestAugConfig)
-    semantic: SemanticConfig = field(default_factory=SemanticConfig)
     # backbone and RPN convolutions in channels-last (NHWC) memory: the same numbers up to
     # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
     # with mixed precision on GPUs
     channels_last: bool = False
-    # batch padding changes nothing: every image gets the features, proposals and detections it
-    # gets alone (the backbone's padding is zeroed before each conv and pool, anchors of padding
-    # cells are dropped, RoIs pool from their own image's part of the map; modeling/padding.py).
-    # Off: padding leaks into the cells near each image's bottom and right edges, as in most
-    # detectors, so results depend a little on the batch
-    mask_padding: bool = False
 
 
+SCHEDULES = ("joint", "alternating")  # train.schedule (the paper's §3.2; see fasterrcnn.engine)
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer: the paper's SGD, or AdamW
 # train.lr_schedule: the paper's step decay at train.lr_steps, or a half cosine from train.lr
 # down to 0 at train.max_iter (train.lr_steps unused)
@@ -301,6 +258,8 @@ class TrainConfig:
     alternating_iters: tuple[int, int, int, int] = (80000, 40000, 80000, 40000)
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -317,17 +276,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def preset(name: str) -> Config:
-    """A named preset (``vgg16-voc07``, ``zf-voc07``, ``tiny-shapes``, ...; see
-    :mod:`fasterrcnn.presets`, where they are defined)."""
-    from .presets import preset as named
-
-    return named(name)
-
-
 __all__ = [
     "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "InputConfig",
-    "LR_SCHEDULES", "ModelConfig", "OPTIMIZERS", "RPNConfig", "RoIHeadConfig", "SCORE_FUSIONS",
-    "SemanticConfig", "TestAugConfig", "TrainConfig", "from_dict", "override", "parse_overrides",
-    "preset", "to_dict",
+    "LR_SCHEDULES", "ModelConfig", "OPTIMIZERS", "RPNConfig", "RoIHeadConfig", "SCHEDULES", "SCORE_FUSIONS",
+    "TestAugConfig", "TrainConfig", "from_dict", "override", "parse_overrides",
+    "to_dict",
 ]

@@ -57,12 +57,25 @@ def test_inside_image_straddle():
 
 
 def test_generator_caches_and_counts():
-    gen = AnchorGenerator((128, 256, 512), (0.5, 1, 2), stride=16)
-    assert gen.num_anchors == 9
-    a = gen((38, 50))
+    gen = AnchorGenerator({"p4": (128, 256, 512)}, (0.5, 1, 2), {"p4": 16})
+    assert gen.num_anchors == 9 and gen.levels == ("p4",)
+    [a] = gen({"p4": (38, 50)})
     assert a.shape == (38 * 50 * 9, 4)
-    assert gen((38, 50)) is a
+    assert gen({"p4": (38, 50)})[0] is a
     assert torch.isfinite(a).all()
+
+
+def test_generator_levels_one_size_each():
+    """An FPN's levels: one size per level, each on its own stride, in the levels' order."""
+    gen = AnchorGenerator({"p3": (32,), "p4": (64,)}, (1.0,), {"p3": 8, "p4": 16}, offset=0.0)
+    assert gen.num_anchors == 1
+    a3, a4 = gen({"p3": (2, 3), "p4": (1, 2)})
+    torch.testing.assert_close(a3[:2], torch.tensor([[-16.0, -16, 16, 16], [-8, -16, 24, 16]]))
+    torch.testing.assert_close(a4, torch.tensor([[-32.0, -32, 32, 32], [-16, -32, 48, 32]]))
+    with pytest.raises(ValueError, match="same number"):
+        AnchorGenerator({"p3": (32,), "p4": (64, 128)}, (1.0,), {"p3": 8, "p4": 16})
+    with pytest.raises(ValueError, match="levels"):
+        AnchorGenerator({"p3": (32,)}, (1.0,), {"p4": 16})
 
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 7)])

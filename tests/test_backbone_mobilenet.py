@@ -9,8 +9,10 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fasterrcnn.config import BackboneConfig, ConfigError, override, preset
-from fasterrcnn.modeling.backbones import BACKBONES, BackboneWeightsError, build_backbone
+from fasterrcnn.config import BackboneConfig, ConfigError, override
+from fasterrcnn.presets import preset
+from fasterrcnn.modeling.backbones import BackboneWeightsError
+from fasterrcnn.modeling.builder import BACKBONES, build_backbone
 from fasterrcnn.modeling.backbones.mobilenet import (
     MobileNetV2, batch_to_space, convert_deep_sort_layout, detect_layout, load_mobilenet_v2_state,
     space_to_batch,
@@ -80,7 +82,7 @@ def test_backbone_from_wheel_file_equals_torchvision(tmp_path, tv_model):
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in b.modules()) == 1 + 2 + 12 * 3
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
-        torch.testing.assert_close(b(x), tv_model.features[:14](x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b(x)["p4"], tv_model.features[:14](x), rtol=1e-4, atol=1e-4)
 
 
 def test_torchvision_layout_with_classifier_loads(tmp_path, tv_model):
@@ -132,7 +134,7 @@ def test_stride8_equals_dilated_network(size):
                 m.dilation, m.padding = (2, 2), (2, 2)
     x = torch.rand(1, 3, *size)
     with torch.no_grad():
-        y, r = b(x), ref(x)
+        y, r = b(x)["p3"], ref(x)
     assert y.shape == (1, 96, -(-size[0] // 8), -(-size[1] // 8))
     if size[0] % 16 == 0 and size[1] % 16 == 0:
         torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4)
@@ -159,7 +161,7 @@ def test_random_init_bn_trainable_and_frozen_stages(tmp_path, tv_model):
 
 
 def test_trees_preset_builds_and_learns_a_step():
-    from fasterrcnn.modeling.faster_rcnn import build_model
+    from fasterrcnn.modeling.builder import build_model
 
     cfg = override(preset("mobilenetv2-trees"), {"model.input.min_size_train": [128],
                                                  "model.input.max_size_train": 128})
@@ -179,9 +181,10 @@ def test_checkpoint_of_pretrained_model_loads_without_the_imagenet_file(tmp_path
     """A model_final.pt holds every weight: loading it must not need the backbone's ImageNet file."""
     import torchvision
 
-    from fasterrcnn.config import override, preset
+    from fasterrcnn.config import override
+    from fasterrcnn.presets import preset
     from fasterrcnn.engine.checkpoint import export_weights, load_model
-    from fasterrcnn.modeling.faster_rcnn import build_model
+    from fasterrcnn.modeling.builder import build_model
 
     weights = tmp_path / "mobilenet_v2.pth"
     torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)

@@ -1,12 +1,17 @@
 import pytest
 import torch
 
-from fasterrcnn.config import ConfigError, override, preset
+from fasterrcnn.config import ConfigError, override
+from fasterrcnn.presets import preset
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.cascade import RefineStage, most_likely_classes, refine_boxes
-from fasterrcnn.modeling.faster_rcnn import build_model
+from fasterrcnn.modeling.cascade import CascadeRoIHeads, RefineStage, most_likely_classes, refine_boxes
+from fasterrcnn.modeling.builder import build_model
 from fasterrcnn.modeling.matching import Matcher
-from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois
+from fasterrcnn.modeling.losses import FastRCNNLoss
+from fasterrcnn.modeling.pooler import RoIPooler
+from fasterrcnn.modeling.postprocess import DetectionSelector
+from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads
+from fasterrcnn.modeling.roi_sampling import RoISampling, label_rois
 from fasterrcnn.modeling.sampling import Sampler
 
 CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
@@ -53,13 +58,14 @@ def _cascade_heads(k=3, c=4, width=16):
     torch.manual_seed(0)
     stage = RefineStage(BoxHead(c * 49, width), BoxPredictor(width, k), matcher=Matcher(0.6, 0.6, 0.0),
                         coder=BoxCoder((20.0, 20.0, 10.0, 10.0)), loss_weight=0.5)
-    return RoIHeads(RoIPooler("roi_align", 7, 16), BoxHead(c * 49, width), BoxPredictor(width, k),
-                    matcher=Matcher(0.5, 0.5, 0.0), sampler=Sampler(16, 0.25), coder=CODER, stages=[stage])
+    return CascadeRoIHeads(RoIPooler("roi_align", 7, {"p4": 16}), BoxHead(c * 49, width), BoxPredictor(width, k),
+                           CODER, sampling=RoISampling(Matcher(0.5, 0.5, 0.0), Sampler(16, 0.25)),
+                           loss=FastRCNNLoss(), selector=DetectionSelector(), stages=[stage])
 
 
 def test_cascade_loss_has_every_stage_and_reaches_its_weights():
     heads = _cascade_heads()
-    feats = torch.randn(2, 4, 8, 8, requires_grad=True)
+    feats = {"p4": torch.randn(2, 4, 8, 8, requires_grad=True)}
     props = [torch.tensor([[0.0, 0, 40, 40], [10, 10, 100, 60]]), torch.zeros(0, 4)]
     gts = [torch.tensor([[0.0, 0, 40, 44]]), torch.zeros(0, 4)]
     labels = [torch.tensor([2]), torch.zeros(0, dtype=torch.long)]
@@ -71,7 +77,7 @@ def test_cascade_loss_has_every_stage_and_reaches_its_weights():
     assert stage.box_head.fc6.weight.grad.abs().sum() > 0
     assert stage.predictor.bbox_pred.weight.grad.abs().sum() > 0  # the gt box is foreground at 0.6
     # the second stage's gradient also reaches the shared features
-    assert feats.grad.abs().sum() > 0
+    assert feats["p4"].grad.abs().sum() > 0
 
 
 def test_cascade_scores_average_the_stages_and_boxes_come_from_the_last():
@@ -85,7 +91,7 @@ def test_cascade_scores_average_the_stages_and_boxes_come_from_the_last():
         with torch.no_grad():
             pred.cls_score.bias.copy_(torch.tensor(cls_bias))
             pred.bbox_pred.bias.copy_(torch.tensor(box_bias))
-    feats = torch.randn(1, 4, 8, 8)
+    feats = {"p4": torch.randn(1, 4, 8, 8)}
     (scores, boxes), = heads.class_boxes(feats, [torch.tensor([[10.0, 10, 30, 20]])], [(100, 100)])
     p1 = torch.softmax(torch.tensor([0.0, 2.0, 0.0]), 0)
     p2 = torch.softmax(torch.tensor([0.0, 0.0, 1.0]), 0)
@@ -104,6 +110,8 @@ def test_cascade_config_builds_stages():
     assert model.roi_heads.stages[1].coder.weights == (30.0, 30.0, 15.0, 15.0)
     assert [s.loss_weight for s in model.roi_heads.stages] == [0.5, 0.25]
     assert model.roi_heads.stages[1].box_head.fc6.in_features == model.roi_heads.box_head.fc6.in_features
-    assert len(build_model(override(preset("tiny-shapes"), tiny).model).roi_heads.stages) == 0
+    plain = build_model(override(preset("tiny-shapes"), tiny).model).roi_heads
+    assert type(plain) is RoIHeads and not hasattr(plain, "stages")
+    assert isinstance(model.roi_heads, CascadeRoIHeads)
     with pytest.raises(ConfigError, match="cascade_ious"):
         override(preset("tiny-shapes"), {"model.roi_head.cascade_ious": [1.2]})

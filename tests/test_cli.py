@@ -75,7 +75,8 @@ def test_eval_metrics(demo_dir, tmp_path, metric):
 def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
     import argparse
 
-    from fasterrcnn.cli.common import apply_test_time_options
+    from fasterrcnn.cli.common import inference_predictor
+    from fasterrcnn.config import override
     from fasterrcnn.engine.checkpoint import load_model
 
     out = tmp_path / "tta"
@@ -84,69 +85,52 @@ def test_eval_with_test_time_augmentation(demo_dir, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["mAP"] <= 1.0
     model, cfg, _ = load_model(demo_dir / "model_final.pt")
-    size = cfg.model.input
-    zoomed = [(v.min_size, v.hflip) for v in model.views if v.max_box < math.inf]  # the checkpoint's, kept
-    assert zoomed == [(z, False) for z in cfg.model.test_aug.zoom_sizes]
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes=None, tta_flip=True, box_vote=0.6))
-    assert [(v.min_size, v.hflip) for v in model.views] == [
+    selector = model.roi_heads.selector
+    size, aug = cfg.model.input, cfg.model.test_aug
+
+    def views(**flags):  # the predictor the flags build; each call starts from the checkpoint
+        predictor = inference_predictor(model, cfg, argparse.Namespace(**flags))
+        assert predictor.model is model and model.roi_heads.selector is selector  # model untouched
+        return predictor
+
+    zoomed = [(z, False) for z in aug.zoom_sizes]  # the checkpoint's zoomed views, kept
+    p = views(tta_flip=True, box_vote=0.6)
+    assert [(v.min_size, v.hflip) for v in p.views] == [
         (size.min_size_test, False), (size.min_size_test, True)] + zoomed
-    assert model.roi_heads.vote_iou == 0.6
-    apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_sizes=None, tta_flip=False))
-    assert model.views == () and model.roi_heads.vote_iou == 0.0
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300", tta_flip=False, box_vote=None))
-    assert [(v.min_size, v.hflip) for v in model.views] == [(300, False)]
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300", tta_vflip=True, tta_transpose=True))
-    assert [(v.transpose, v.vflip, v.hflip) for v in model.views] == [
+    assert p.selector.vote_iou == 0.6 and p.fusion == aug.score_fusion
+    # every switch does one thing: --no-tta removes the views, box voting is --box-vote's
+    p = views(no_tta=True)
+    assert p.views == () and p.selector == selector
+    p = views(no_tta=True, box_vote=0.6, score_thresh=0.3, max_detections=7)
+    assert p.views == () and (p.selector.vote_iou, p.selector.score_thresh, p.selector.detections_per_img) == (
+        0.6, 0.3, 7)
+    assert [(v.min_size, v.hflip) for v in views(tta_sizes="300").views] == [(300, False)] + zoomed
+    assert [(v.transpose, v.vflip, v.hflip) for v in views(tta_sizes="300", tta_vflip=True, tta_transpose=True,
+                                                          tta_zoom="none").views] == [
         (False, False, False), (False, True, False), (True, False, False), (True, True, False)]
     with pytest.raises(ConfigError, match="--no-tta cannot"):
-        apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_transpose=True))
-    # zoomed views: added to the views there are, kept when those are replaced, removed by "none"
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="400,480", tta_zoom_max_box=24.0))
-    assert [(v.min_size, v.max_box) for v in model.views][-2:] == [(400, 24.0), (480, 24.0)]
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_sizes="300"))
-    assert [(v.min_size, v.max_box) for v in model.views] == [(300, math.inf), (400, 24.0), (480, 24.0)]
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom_max_box=40.0))
-    assert [v.max_box for v in model.views] == [math.inf, 40.0, 40.0]
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="none"))
-    assert [(v.min_size, v.max_box) for v in model.views] == [(300, math.inf)]
-    apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True))
-    apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="400"))  # the test scale first
-    assert [(v.min_size, v.max_box) for v in model.views] == [
-        (size.min_size_test, math.inf), (400, cfg.model.test_aug.zoom_max_box)]
+        views(no_tta=True, tta_transpose=True)
+    # zoomed views: replace the checkpoint's, take their own range, removed by "none"
+    p = views(tta_sizes="300", tta_zoom="400,480", tta_zoom_max_box=24.0)
+    assert [(v.min_size, v.max_box) for v in p.views] == [(300, math.inf), (400, 24.0), (480, 24.0)]
+    assert [v.max_box for v in views(tta_sizes="300", tta_zoom_max_box=40.0).views] == [math.inf] + [40.0] * len(zoomed)
+    assert [(v.min_size, v.max_box) for v in views(tta_sizes="300", tta_zoom="none").views] == [(300, math.inf)]
+    plain = override(cfg, {"model.test_aug.min_sizes": [], "model.test_aug.hflip": False,
+                           "model.test_aug.vflip": False, "model.test_aug.transpose": False,
+                           "model.test_aug.zoom_sizes": []})
+    p = inference_predictor(model, plain, argparse.Namespace(tta_zoom="400"))  # the test scale first
+    assert [(v.min_size, v.max_box) for v in p.views] == [(size.min_size_test, math.inf), (400, aug.zoom_max_box)]
     with pytest.raises(ConfigError, match="--no-tta cannot"):
-        apply_test_time_options(model, cfg, argparse.Namespace(no_tta=True, tta_zoom="400"))
+        views(no_tta=True, tta_zoom="400")
     with pytest.raises(ConfigError, match="--tta-zoom expects integers"):
-        apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom="big"))
+        views(tta_zoom="big")
     with pytest.raises(ConfigError, match="--tta-zoom-max-box must be > 0"):
-        apply_test_time_options(model, cfg, argparse.Namespace(tta_zoom_max_box=0.0))
+        views(tta_zoom_max_box=0.0)
+    with pytest.raises(ConfigError, match="--box-vote"):
+        views(box_vote=2.0)
     assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:2",
                  "--tta-sizes", "256,big", "--out", str(out), "--no-progress"]) != 0
     assert "--tta-sizes expects integers" in capsys.readouterr().err
-
-
-def test_eval_with_masked_padding_does_not_depend_on_the_batch_size(demo_dir, tmp_path):
-    import argparse
-
-    from fasterrcnn.cli.common import apply_test_time_options
-    from fasterrcnn.engine.checkpoint import load_model
-
-    dets = {}
-    for bs in (1, 3):
-        out = tmp_path / f"bs{bs}"
-        assert main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", "shapes:test:3",
-                     "--mask-padding", "--no-tta", "--batch-size", str(bs), "--out", str(out),
-                     "--no-progress"]) == 0
-        dets[bs] = json.loads((out / "detections.json").read_text())
-    assert len(dets[1]) == len(dets[3]) > 0
-    for a, b in zip(sorted(dets[1], key=lambda d: (d["image_id"], -d["score"])),
-                    sorted(dets[3], key=lambda d: (d["image_id"], -d["score"]))):
-        assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
-        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
-    model, cfg, _ = load_model(demo_dir / "model_final.pt")
-    apply_test_time_options(model, cfg, argparse.Namespace(mask_padding=False))
-    assert model.mask_padding is False
-    apply_test_time_options(model, cfg, argparse.Namespace(mask_padding=True))
-    assert model.mask_padding is True
 
 
 def test_eval_proposal_recall(demo_dir, tmp_path):

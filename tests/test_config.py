@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fasterrcnn.config import (
-    Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict,
+    Config, ConfigError, from_dict, override, parse_overrides, to_dict,
 )
-from fasterrcnn.presets import PRESETS
+from fasterrcnn.presets import PRESETS, preset
 
 
 def test_paper_defaults_for_the_new_options():
@@ -16,7 +16,6 @@ def test_paper_defaults_for_the_new_options():
     assert cfg.model.roi_head.positive_weighting == "roi"
     assert cfg.model.anchors.offset == 0.5 and cfg.model.roi_head.aligned is True
     assert cfg.model.roi_head.vote_iou == 0.0 and cfg.model.roi_head.hard_mining is False
-    assert cfg.model.backbone.fine_channels == 0
     assert cfg.model.test_aug.min_sizes == () and cfg.model.test_aug.hflip is False
 
 

@@ -42,7 +42,7 @@ class Spy:
         self.steps: list[dict[str, Any]] = []
         self.proposals: list[tuple[int, dict[str, torch.Tensor], list[torch.Tensor], bool]] = []
         self.losses: list[tuple[int, list[torch.Tensor], bool, tuple[str, ...], bool]] = []
-        real_train = alternating.train
+        real_train = alternating.train_joint
         real_propose = FasterRCNN.propose
         real_loss = FasterRCNN.loss
         spy = self
@@ -69,7 +69,7 @@ class Spy:
                                proposals is not None, tuple(stages), bn_training))
             return real_loss(self, images, targets, proposals=proposals, stages=stages)
 
-        monkeypatch.setattr(alternating, "train", train)
+        monkeypatch.setattr(alternating, "train_joint", train)
         monkeypatch.setattr(FasterRCNN, "propose", propose)
         monkeypatch.setattr(FasterRCNN, "loss", loss)
 

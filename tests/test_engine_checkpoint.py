@@ -188,7 +188,7 @@ def test_load_model_real(tmp_path: Path) -> None:
     pytest.importorskip("fasterrcnn.modeling.faster_rcnn")
     from fasterrcnn.config import override
     from fasterrcnn.engine.checkpoint import load_model
-    from fasterrcnn.modeling.faster_rcnn import build_model
+    from fasterrcnn.modeling.builder import build_model
     from test_engine_trainer import real_config
 
     cfg = real_config()

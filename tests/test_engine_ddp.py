@@ -22,7 +22,7 @@ import torch
 
 from fasterrcnn.config import Config, override
 from fasterrcnn.engine.checkpoint import load_checkpoint
-from fasterrcnn.engine.trainer import train
+from fasterrcnn.engine.trainer import train_joint
 from test_engine_trainer import CLASSES, TinyDetector, ToyDataset, real_config, toy_config
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -76,7 +76,7 @@ def run(kind: str, out_dir: str, images_per_batch: int) -> dict[str, Any]:
     if kind == "standin":
         torch.manual_seed(cfg.train.seed)
         model = TinyDetector(stochastic=False)
-    return train(cfg, dataset, out_dir=out_dir, classes=CLASSES, model=model, progress=False)
+    return train_joint(cfg, dataset, out_dir=out_dir, classes=CLASSES, model=model, progress=False)
 
 
 def _free_port() -> int:

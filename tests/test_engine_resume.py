@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from fasterrcnn.engine.checkpoint import load_checkpoint
-from fasterrcnn.engine.trainer import train
+from fasterrcnn.engine.trainer import train_joint
 from test_engine_trainer import CLASSES, TinyDetector, ToyDataset, real_config, state_equal, toy_config
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -47,7 +47,7 @@ def run_training(kind: str, out_dir: str | Path, workers: int, *, resume: str | 
     if kind == "standin":
         model: torch.nn.Module = TinyDetector()
     else:
-        from fasterrcnn.modeling.faster_rcnn import build_model
+        from fasterrcnn.modeling.builder import build_model
 
         model = build_model(cfg.model)
     if block_at is not None:
@@ -62,7 +62,7 @@ def run_training(kind: str, out_dir: str | Path, workers: int, *, resume: str | 
             return inner(*args, **kwargs)
 
         model.loss = blocking_loss  # type: ignore[method-assign]
-    return train(cfg, ToyDataset(8), out_dir=out_dir, classes=CLASSES, resume=resume,
+    return train_joint(cfg, ToyDataset(8), out_dir=out_dir, classes=CLASSES, resume=resume,
                  deterministic=True, model=model, progress=False)
 
 

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasterrcnn.config import Config, ConfigError, override, preset
+from fasterrcnn.config import Config, ConfigError, override
+from fasterrcnn.presets import preset
 from fasterrcnn.data.dataset import Annotation
 from fasterrcnn.engine.checkpoint import CheckpointError, load_checkpoint
-from fasterrcnn.engine.trainer import TrainingDiverged, train
+from fasterrcnn.engine.guard import TrainingDiverged
+from fasterrcnn.engine.trainer import train_joint
 
 CLASSES = ("red", "green", "blue")
 
@@ -179,7 +181,7 @@ def test_smoke_outputs_and_learning(tmp_path: Path) -> None:
     cfg = toy_config(max_iter=30, log_period=1, checkpoint_period=10, lr_steps=[25], hflip_prob=0.0)
     torch.manual_seed(0)
     model = TinyDetector(stochastic=False)
-    out = train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=model, progress=False)
+    out = train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=model, progress=False)
     for name in ("last.pt", "model_final.pt", "log.jsonl", "train.log", "config.json"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
@@ -210,7 +212,7 @@ def test_ema_weights_are_exported_and_resumed(tmp_path: Path) -> None:
         return inner(*args, **kwargs)
 
     model.loss = recording_loss  # type: ignore[method-assign]
-    train(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES, model=model, progress=False)
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES, model=model, progress=False)
     w1, w2, w3 = seen[1], seen[2], model.state_dict()
     final = load_checkpoint(tmp_path / "a" / "model_final.pt")["model"]
     for k in w3:
@@ -220,17 +222,17 @@ def test_ema_weights_are_exported_and_resumed(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "a" / "last.pt")["ema"] is not None
     # stop at 2, resume to 3: the same average as the uninterrupted run
     torch.manual_seed(0)
-    train(toy_config(max_iter=2, checkpoint_period=2, hflip_prob=0.0, ema_decay=0.5), ToyDataset(4),
+    train_joint(toy_config(max_iter=2, checkpoint_period=2, hflip_prob=0.0, ema_decay=0.5), ToyDataset(4),
           out_dir=tmp_path / "b", classes=CLASSES, model=TinyDetector(stochastic=False), progress=False)
-    train(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES, model=TinyDetector(stochastic=False),
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES, model=TinyDetector(stochastic=False),
           resume="auto", progress=False)
     resumed = load_checkpoint(tmp_path / "b" / "model_final.pt")["model"]
     assert state_equal(resumed, final) == []
     # a checkpoint without an average cannot resume a run that keeps one
-    train(toy_config(max_iter=2), ToyDataset(4), out_dir=tmp_path / "c", classes=CLASSES,
+    train_joint(toy_config(max_iter=2), ToyDataset(4), out_dir=tmp_path / "c", classes=CLASSES,
           model=TinyDetector(), progress=False)
     with pytest.raises(CheckpointError, match="EMA"):
-        train(toy_config(max_iter=3, ema_decay=0.5), ToyDataset(4), out_dir=tmp_path / "c",
+        train_joint(toy_config(max_iter=3, ema_decay=0.5), ToyDataset(4), out_dir=tmp_path / "c",
               classes=CLASSES, model=TinyDetector(), resume="auto", allow_config_changes=["train.ema_decay"],
               progress=False)
     with pytest.raises(ConfigError, match="ema_decay"):
@@ -243,7 +245,7 @@ def test_nan_guard_skips_then_diverges(tmp_path: Path, caplog: pytest.LogCapture
     model = TinyDetector(nan_calls=(3, 6, 7, 8))
     with caplog.at_level("WARNING", logger="fasterrcnn.train"):  # logged, not Python warnings
         with pytest.raises(TrainingDiverged) as info:
-            train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=model, progress=False)
+            train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=model, progress=False)
     messages = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert len(messages) == 4
     assert messages[0].startswith("iteration 3:") and "roi_reg=nan" in messages[0]
@@ -274,15 +276,15 @@ def test_nan_weights_never_checkpointed(tmp_path: Path) -> None:
 
     cfg = toy_config(max_iter=8, checkpoint_period=4)
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=Poison(), progress=False)
+        train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=Poison(), progress=False)
     assert not (tmp_path / "last.pt").exists()
 
 
 def test_amp_checks_and_cpu_bf16(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fp16.*CUDA"):
-        train(toy_config(amp="fp16"), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
+        train_joint(toy_config(amp="fp16"), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
               model=TinyDetector(), progress=False)
-    out = train(toy_config(amp="bf16", max_iter=3), ToyDataset(4), out_dir=tmp_path / "bf16",
+    out = train_joint(toy_config(amp="bf16", max_iter=3), ToyDataset(4), out_dir=tmp_path / "bf16",
                 classes=CLASSES, model=TinyDetector(), progress=False)
     assert out["iteration"] == 3 and out["skipped_steps"] == 0
 
@@ -300,7 +302,7 @@ def test_eval_period_metrics_and_rng_neutrality(tmp_path: Path) -> None:
     cfg = toy_config(max_iter=6, eval_period=2, checkpoint_period=100)
     torch.manual_seed(0)
     m1 = TinyDetector()
-    out = train(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES, model=m1, val_fn=val_fn,
+    out = train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES, model=m1, val_fn=val_fn,
                 progress=False)
     assert calls == [False, False, False]  # at 2, 4 and the end (6), in eval mode
     assert m1.training
@@ -309,38 +311,38 @@ def test_eval_period_metrics_and_rng_neutrality(tmp_path: Path) -> None:
     assert [r["iteration"] for r in vals if "val" in r] == [2, 4, 6]
     torch.manual_seed(0)
     m2 = TinyDetector()
-    train(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES, model=m2, progress=False)
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES, model=m2, progress=False)
     assert state_equal(m1.state_dict(), m2.state_dict()) == []
 
 
 def test_resume_checks(tmp_path: Path) -> None:
     cfg = toy_config(max_iter=4)
-    train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=TinyDetector(), progress=False)
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, model=TinyDetector(), progress=False)
     with pytest.raises(CheckpointError) as info:
-        train(toy_config(max_iter=6, lr=0.1, images_per_batch=1), ToyDataset(4), out_dir=tmp_path,
+        train_joint(toy_config(max_iter=6, lr=0.1, images_per_batch=1), ToyDataset(4), out_dir=tmp_path,
               classes=CLASSES, model=TinyDetector(), resume="auto", progress=False)
     assert "train.lr" in str(info.value) and "train.images_per_batch" in str(info.value)
     assert "train.max_iter" not in str(info.value)
     with pytest.raises(CheckpointError, match="weights only"):
-        train(cfg, ToyDataset(4), out_dir=tmp_path / "x", classes=CLASSES, model=TinyDetector(),
+        train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "x", classes=CLASSES, model=TinyDetector(),
               resume=tmp_path / "model_final.pt", progress=False)
     with pytest.raises(CheckpointError, match="not found"):
-        train(cfg, ToyDataset(4), out_dir=tmp_path / "y", classes=CLASSES, model=TinyDetector(),
+        train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "y", classes=CLASSES, model=TinyDetector(),
               resume=tmp_path / "nope.pt", progress=False)
     # extending a run (max_iter is operational) and lr changes when explicitly allowed
-    out = train(toy_config(max_iter=6, lr=0.01), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
+    out = train_joint(toy_config(max_iter=6, lr=0.01), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
                 model=TinyDetector(), resume="auto", allow_config_changes=["train.lr"], progress=False)
     assert out["start_iteration"] == 4 and out["iteration"] == 6
     assert "config change on resume: train.lr" in (tmp_path / "train.log").read_text()
     # "auto" without a checkpoint starts afresh
-    out = train(cfg, ToyDataset(4), out_dir=tmp_path / "fresh", classes=CLASSES, model=TinyDetector(),
+    out = train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "fresh", classes=CLASSES, model=TinyDetector(),
                 resume="auto", progress=False)
     assert out["start_iteration"] == 0
 
 
 def test_deterministic_switch_is_restored(tmp_path: Path) -> None:
     before = torch.are_deterministic_algorithms_enabled()
-    train(toy_config(max_iter=1), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
+    train_joint(toy_config(max_iter=1), ToyDataset(4), out_dir=tmp_path, classes=CLASSES,
           model=TinyDetector(), deterministic=True, progress=False)
     assert torch.are_deterministic_algorithms_enabled() == before
 
@@ -348,13 +350,13 @@ def test_deterministic_switch_is_restored(tmp_path: Path) -> None:
 def test_adamw_run_resumes_like_uninterrupted(tmp_path: Path) -> None:
     cfg = toy_config(max_iter=3, checkpoint_period=2, hflip_prob=0.0, optimizer="adamw", lr=0.01)
     torch.manual_seed(0)
-    train(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES,
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "a", classes=CLASSES,
           model=TinyDetector(stochastic=False), progress=False)
     torch.manual_seed(0)
-    train(override(cfg, {"train.max_iter": 2}), ToyDataset(4), out_dir=tmp_path / "b",
+    train_joint(override(cfg, {"train.max_iter": 2}), ToyDataset(4), out_dir=tmp_path / "b",
           classes=CLASSES, model=TinyDetector(stochastic=False), progress=False)
     assert "exp_avg" in str(load_checkpoint(tmp_path / "b" / "last.pt")["optimizer"]["state"])
-    train(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES,
+    train_joint(cfg, ToyDataset(4), out_dir=tmp_path / "b", classes=CLASSES,
           model=TinyDetector(stochastic=False), resume="auto", progress=False)
     a = load_checkpoint(tmp_path / "a" / "model_final.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "model_final.pt")["model"]
@@ -366,7 +368,7 @@ def test_real_model_trains(tmp_path: Path) -> None:
     from fasterrcnn.engine.checkpoint import load_model
 
     cfg = real_config(max_iter=3, log_period=1)
-    out = train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, progress=False)
+    out = train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, progress=False)
     assert out["iteration"] == 3
     assert all(math.isfinite(v) for v in out["losses"].values())
     assert {"rpn_cls", "rpn_reg", "roi_cls", "roi_reg", "total"} <= out["losses"].keys()
@@ -385,13 +387,13 @@ def test_cuda_amp_train_and_resume(tmp_path: Path, amp: str) -> None:
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
     cfg = real_config(amp=amp, max_iter=4, log_period=1, checkpoint_period=2, num_workers=1)
-    out = train(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, device="cuda", progress=False)
+    out = train_joint(cfg, ToyDataset(4), out_dir=tmp_path, classes=CLASSES, device="cuda", progress=False)
     assert out["iteration"] == 4 and out["skipped_steps"] == 0
     assert all(math.isfinite(v) for v in out["losses"].values())
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert (ckpt["scaler"] is not None) == (amp == "fp16")
     assert all(v.device.type == "cpu" for v in ckpt["model"].values())
     # extend the run by two iterations from the checkpoint (scaler, RNG, sampler restored)
-    more = train(override(cfg, {"train.max_iter": 6}), ToyDataset(4),
+    more = train_joint(override(cfg, {"train.max_iter": 6}), ToyDataset(4),
                  out_dir=tmp_path, classes=CLASSES, device="cuda", resume="auto", progress=False)
     assert more["start_iteration"] == 4 and more["iteration"] == 6

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from fasterrcnn.config import ConfigError, override, preset
-from fasterrcnn.modeling.faster_rcnn import InferenceView, build_model, inference_views, zoom_views
-from fasterrcnn.modeling.transform import hflip_boxes
+from fasterrcnn.config import override
+from fasterrcnn.presets import preset
+from fasterrcnn.modeling.builder import build_model, build_predictor
 
 TINY = {
     "model.num_classes": 2,
@@ -78,8 +78,9 @@ def test_channels_last_model_computes_the_same_losses_gradients_and_detections()
     assert fast.rpn.head.conv.weight.is_contiguous(memory_format=torch.channels_last)
     images, targets = _scene()
     batch = torch.stack([images[0], images[0]])
-    assert fast.features(batch).is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast.features(batch), plain.features(batch), rtol=1e-4, atol=1e-3)
+    assert list(fast.features(batch)) == ["p3"]
+    assert fast.features(batch)["p3"].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast.features(batch)["p3"], plain.features(batch)["p3"], rtol=1e-4, atol=1e-3)
     fixed = [torch.tensor([[28.0, 18, 60, 50], [0, 0, 40, 40]]), torch.tensor([[12.0, 38, 70, 70]])]
     for model in (plain, fast):
         torch.manual_seed(1)  # the same RPN and RoI samples
@@ -91,7 +92,15 @@ def test_channels_last_model_computes_the_same_losses_gradients_and_detections()
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
-    for a, b in zip(plain.predict(images, proposals=fixed), fast.predict(images, proposals=fixed)):
+    def detect(model):  # the head's detections on the fixed proposals (both images at scale 1)
+        model.eval()
+        with torch.no_grad():
+            batch = model.transform(images, training=False)
+            assert batch.image_sizes == batch.original_sizes
+            out = model.roi_heads.class_boxes(model.features(batch.tensor), fixed, batch.image_sizes)
+        return [model.roi_heads.selector(s, b) for s, b in out]
+
+    for a, b in zip(detect(plain), detect(fast)):
         assert len(a["boxes"]) == len(b["boxes"]) > 0
         torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-3, atol=1e-3)
@@ -137,129 +146,22 @@ def test_bad_targets_are_named():
         model.loss(images, bad)
 
 
-def test_inference_views_and_hflip_boxes():
-    views = inference_views((288, 336), True, 336, 560)
-    assert [(v.min_size, v.max_size, v.hflip) for v in views] == [
-        (288, 480, False), (288, 480, True), (336, 560, False), (336, 560, True)
-    ]
-    assert [(v.min_size, v.max_size, v.hflip) for v in inference_views((), False, 600, 1000)] == [(600, 1000, False)]
-    boxes = torch.tensor([[10.0, 5, 30, 25]])
-    torch.testing.assert_close(hflip_boxes(boxes, 100), torch.tensor([[70.0, 5, 90, 25]]))
-    torch.testing.assert_close(hflip_boxes(hflip_boxes(boxes, 100), 100), boxes)
-
-
-def _det_close(a, b):
-    for k in ("boxes", "labels", "scores"):
-        torch.testing.assert_close(a[k], b[k])
-
-
-def _tiny_model_image_plain():
-    """A seeded tiny model, a random image and its plain (one-view) prediction, which has boxes."""
-    torch.manual_seed(0)
-    model = build_model(override(preset("tiny-shapes"), TINY).model)
-    img = torch.rand(3, 48, 64)
-    plain = model.predict([img])[0]
-    assert len(plain["boxes"]) > 0
-    return model, img, plain
-
-
-def test_test_time_views():
-    model, img, plain = _tiny_model_image_plain()
-    # one explicit view at the test scale is the plain prediction
-    model.views = (InferenceView(96, 128),)
-    _det_close(model.predict([img])[0], plain)
-    # a mirrored view is the mirror image of the plain prediction of the mirrored image
-    model.views = (InferenceView(96, 128, hflip=True),)
-    flipped = model.predict([img])[0]
-    model.views = ()
-    mirror = model.predict([img.flip(-1)])[0]
-    _det_close(flipped, dict(mirror, boxes=hflip_boxes(mirror["boxes"], 64)))
-    # the same view twice: every candidate doubled, NMS removes the copies (with voting too)
-    model.views = (InferenceView(96, 128), InferenceView(96, 128))
-    _det_close(model.predict([img])[0], plain)
-    model.roi_heads.vote_iou = 0.7
-    _det_close(model.predict([img])[0], plain)
-    # given proposals bypass the views
-    props = [torch.tensor([[4.0, 4, 30, 30], [20, 10, 60, 40]])]
-    model.views, model.roi_heads.vote_iou = (), 0.0
-    fixed = model.predict([img], proposals=props)[0]
-    model.views = (InferenceView(96, 128, hflip=True), InferenceView(120, 160))
-    _det_close(model.predict([img], proposals=props)[0], fixed)
-
-
-def test_oriented_views_invert_their_orientation():
-    """A transposed / upside-down view is the oriented prediction of the oriented image."""
-    torch.manual_seed(0)
-    model = build_model(override(preset("tiny-shapes"), TINY).model)
-    img = torch.rand(3, 48, 64)
-    for view in (InferenceView(96, 128, transpose=True), InferenceView(96, 128, vflip=True),
-                 InferenceView(96, 128, hflip=True, vflip=True, transpose=True)):
-        o = view.orientation
-        model.views = (view,)
-        got = model.predict([img])[0]
-        model.views = ()
-        ref = model.predict([o.image(img)])[0]
-        assert len(ref["boxes"]) > 0
-        _det_close(got, dict(ref, boxes=o.inverse_boxes(ref["boxes"], (48, 64))))
-    views = inference_views((96,), True, 96, 128, vflip=True, transpose=True)
-    assert [(v.transpose, v.vflip, v.hflip) for v in views] == [
-        (t, v, h) for t in (False, True) for v in (False, True) for h in (False, True)
-    ]
-
-
-def test_agreement_fusion_rescores_the_same_detections():
-    torch.manual_seed(0)
-    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.hflip": True,
-                                           "model.test_aug.score_fusion": "agreement"})
-    model = build_model(cfg.model)
-    assert model.score_fusion == "agreement" and len(model.views) == 2
-    img = torch.rand(3, 48, 64)
-    agreed = model.predict([img])[0]
-    model.score_fusion = "max"
-    best = model.predict([img])[0]
-    assert len(best["boxes"]) > 0
-    key = lambda d: sorted(zip(d["labels"].tolist(), d["boxes"].round(decimals=3).tolist()))  # noqa: E731
-    assert key(agreed) == key(best) and not torch.equal(agreed["scores"], best["scores"])
-    assert torch.all(agreed["scores"][:-1] >= agreed["scores"][1:])
-    model.views, model.score_fusion = (InferenceView(96, 128),), "agreement"  # one view: as "max"
-    model2 = build_model(cfg.model)
-    model2.load_state_dict(model.state_dict())
-    model2.views, model2.score_fusion = (InferenceView(96, 128),), "max"
-    _det_close(model.predict([img])[0], model2.predict([img])[0])
-    with pytest.raises(ConfigError, match="score_fusion"):
-        override(preset("tiny-shapes"), {"model.test_aug.score_fusion": "mean"})
-
-
-def test_test_aug_config_builds_views():
-    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.min_sizes": ["80", 96],
-                                            "model.test_aug.hflip": "true", "model.roi_head.vote_iou": 0.6})
-    model = build_model(cfg.model)
-    assert [(v.min_size, v.max_size, v.hflip) for v in model.views] == [
-        (80, 107, False), (80, 107, True), (96, 128, False), (96, 128, True)
-    ]
-    assert model.roi_heads.vote_iou == 0.6
-    assert build_model(override(preset("tiny-shapes"), TINY).model).views == ()
-    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.transpose": True})
-    assert [(v.min_size, v.transpose) for v in build_model(cfg.model).views] == [(96, False), (96, True)]
-
-
 def test_head_options_build_and_train_a_step():
-    # hard example mining, context pooling and the /4 shortcut, all at once: the model builds
-    # with the right fc6 width, its loss is finite and reaches every new parameter
+    # hard example mining and context pooling at once: the model builds with the right fc6
+    # width, its loss is finite and reaches every parameter of the head
     cfg = override(preset("tiny-shapes"), {
         **TINY, "model.roi_head.hard_mining": True, "model.roi_head.context_scales": [1.5],
-        "model.backbone.fine_channels": 8,
     })
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    assert model.backbone.out_channels == 32 + 8
-    assert model.roi_heads.box_head.fc6.in_features == 40 * 2 * 49
-    assert model.roi_heads.miner is not None and model.roi_heads.miner.num_samples == 32
+    assert model.roi_heads.box_head.fc6.in_features == 32 * 2 * 49
+    miner = model.roi_heads.sampling.miner
+    assert miner is not None and miner.num_samples == 32
     images, targets = _scene()
     losses = model.loss(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    assert model.backbone.shortcut[0][0].weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.roi_heads.parameters())
     model.eval()
     assert len(model.predict(images)) == 2
 
@@ -297,7 +199,8 @@ def _cuda_matches_cpu() -> None:
         opt.step()
     gpu = build_model(cfg.model).cuda()
     gpu.load_state_dict(cpu.state_dict())
-    assert len(gpu.views) == 8 and gpu.score_fusion == "agreement"
+    cpu_tta, gpu_tta = build_predictor(cpu, cfg.model), build_predictor(gpu, cfg.model)
+    assert len(gpu_tta.views) == 8 and gpu_tta.fusion == "agreement"
     fixed = [torch.tensor([[28.0, 18, 60, 50], [0, 0, 40, 40]]), torch.tensor([[12.0, 38, 70, 70]])]
     cpu.zero_grad()
     for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
@@ -312,8 +215,8 @@ def _cuda_matches_cpu() -> None:
     for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
         if p.grad is not None:  # float32 sums in another order: far under 1e-3 of the norm
             assert _relative_error(q.grad.cpu(), p.grad) < 1e-3, (name, _relative_error(q.grad.cpu(), p.grad))
-    a_all = cpu.predict(images)
-    b_all = gpu.predict([im.cuda() for im in images])
+    a_all = cpu_tta(images)
+    b_all = gpu_tta([im.cuda() for im in images])
     for a, b in zip(a_all, b_all):
         assert b["boxes"].is_cuda and len(a["boxes"]) > 0
         keep = a["scores"] > 0.1  # rounding can reorder near-threshold candidates only
@@ -328,41 +231,3 @@ def _cuda_matches_cpu() -> None:
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
-
-
-def test_zoomed_views_count_only_inside_their_range():
-    model, img, plain = _tiny_model_image_plain()
-    for fusion in ("max", "agreement"):
-        model.score_fusion = fusion
-        # a zoomed view whose range holds no box adds nothing: the plain prediction, exactly
-        model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=1e-3))
-        _det_close(model.predict([img])[0], plain)
-        # with an unbounded range it is an ordinary second scale
-        model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=float("inf")))
-        unbounded = model.predict([img])[0]
-        model.views = (InferenceView(96, 128), InferenceView(192, 256))
-        _det_close(unbounded, model.predict([img])[0])
-    # a range between: every detection the zoomed view adds is smaller than its max_box
-    model.score_fusion = "max"
-    model.views = (InferenceView(96, 128), InferenceView(192, 256, max_box=20.0))
-    zoomed = model.predict([img])[0]
-    plain_keys = {(lbl, tuple(b)) for lbl, b in zip(plain["labels"].tolist(), plain["boxes"].round(decimals=3).tolist())}
-    for lbl, b in zip(zoomed["labels"].tolist(), zoomed["boxes"].round(decimals=3).tolist()):
-        if (lbl, tuple(b)) not in plain_keys:
-            assert ((b[2] - b[0]) * (b[3] - b[1])) ** 0.5 < 20.0 + 1e-3
-
-
-def test_zoom_config_builds_views():
-    assert zoom_views((432, 576), 32.0, 336, 560) == (
-        InferenceView(432, 720, max_box=32.0), InferenceView(576, 960, max_box=32.0))
-    # zoomed views alone come after the plain view at the test scale
-    cfg = override(preset("tiny-shapes"), {**TINY, "model.test_aug.zoom_sizes": [144],
-                                            "model.test_aug.zoom_max_box": 24})
-    assert build_model(cfg.model).views == (InferenceView(96, 128), InferenceView(144, 192, max_box=24.0))
-    cfg = override(cfg, {"model.test_aug.hflip": True})
-    assert [(v.min_size, v.hflip, v.max_box) for v in build_model(cfg.model).views] == [
-        (96, False, float("inf")), (96, True, float("inf")), (144, False, 24.0)]
-    with pytest.raises(ConfigError, match="zoom_sizes must be positive"):
-        override(preset("tiny-shapes"), {"model.test_aug.zoom_sizes": [0]})
-    with pytest.raises(ConfigError, match="zoom_max_box must be > 0"):
-        override(preset("tiny-shapes"), {"model.test_aug.zoom_max_box": -4})

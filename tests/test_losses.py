@@ -109,33 +109,3 @@ def test_example_losses_hand_case():
     out = example_losses(logits, targets, deltas, box_targets, beta=1.0)
     # row 0: 0.5 * 0.5^2 + (2 - 0.5) = 1.625; row 1 is background: no box term; row 2: 0
     torch.testing.assert_close(out, torch.tensor([math.log(3) + 1.625, math.log(3), math.log(3)]))
-
-
-def test_focal_log_loss_hand_case():
-    # two RoIs over 3 classes: logits (0, 0, ln 2) -> p = (1/4, 1/4, 1/2); targets 2 and 0
-    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [0.0, 0.0, math.log(2.0)]])
-    targets = torch.tensor([2, 0])
-    deltas = torch.zeros(1, 4)
-    box_t = torch.zeros(1, 4)
-    plain, _ = detection_losses(logits, targets, deltas, box_t, beta=1.0)
-    assert plain.item() == pytest.approx((math.log(2) + math.log(4)) / 2)
-    for gamma in (0.5, 1.0, 2.0):
-        focal, _ = detection_losses(logits, targets, deltas, box_t, beta=1.0, focal_gamma=gamma)
-        want = (math.log(2) * 0.5**gamma + math.log(4) * 0.75**gamma) / 2
-        assert focal.item() == pytest.approx(want)
-    weighted, _ = detection_losses(logits, targets, deltas, box_t, beta=1.0, focal_gamma=2.0,
-                                   class_weights=torch.tensor([2.0, 0.5]))
-    assert weighted.item() == pytest.approx((2 * math.log(2) * 0.25 + 0.5 * math.log(4) * 0.5625) / 2)
-    zero, _ = detection_losses(logits, targets, deltas, box_t, beta=1.0, focal_gamma=0.0)
-    assert zero.item() == pytest.approx(plain.item())
-
-
-def test_focal_gamma_in_the_head_and_config():
-    from fasterrcnn.config import ConfigError, override, preset
-    from fasterrcnn.modeling.faster_rcnn import build_model
-
-    model = build_model(override(preset("tiny-shapes"), {"model.roi_head.focal_gamma": 2.0}).model)
-    assert model.roi_heads.focal_gamma == 2.0
-    assert preset("vgg16-voc07").model.roi_head.focal_gamma == 0.0  # the paper's log loss
-    with pytest.raises(ConfigError, match="focal_gamma must be >= 0"):
-        override(preset("tiny-shapes"), {"model.roi_head.focal_gamma": -1})

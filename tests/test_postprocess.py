@@ -1,11 +1,12 @@
 import math
 
+import pytest
 import torch
 from torchvision.ops import box_iou
 
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.postprocess import (
-    box_sizes, box_voting, class_boxes, detect, select_detections, view_agreement_scores,
+    DetectionSelector, box_voting, class_boxes, select_detections,
 )
 
 
@@ -65,59 +66,17 @@ def test_select_detections_votes_only_when_asked():
     torch.testing.assert_close(high["boxes"], torch.tensor([[0.0, 0, 10, 10]]))
 
 
-def test_detect_is_class_boxes_then_select():
+def test_selector_is_select_detections_with_its_settings():
     torch.manual_seed(0)
     logits, deltas = torch.randn(30, 4), torch.randn(30, 16) * 0.2
     xy = torch.rand(30, 2) * 60
     rois = [torch.cat([xy, xy + 10 + torch.rand(30, 2) * 30], 1)]
-    kw = dict(score_thresh=0.05, nms_thresh=0.4, detections_per_img=5)
-    [out] = detect(logits, deltas, rois, [(90, 90)], coder=BoxCoder(), **kw, vote_iou=0.6)
+    kw = dict(score_thresh=0.05, nms_thresh=0.4, detections_per_img=5, vote_iou=0.6)
     [(s, b)] = class_boxes(logits, deltas, rois, [(90, 90)], coder=BoxCoder())
-    ref = select_detections(s, b, **kw, vote_iou=0.6)
+    out = DetectionSelector(**kw)(s, b)
+    ref = select_detections(s, b, **kw)
     assert len(out["boxes"]) == 5
     for k in ("boxes", "labels", "scores"):
         torch.testing.assert_close(out[k], ref[k])
-
-
-def test_view_agreement_scores_hand_computed():
-    a, b, a2 = [0.0, 0, 10, 10], [20.0, 20, 30, 30], [1.0, 0, 11, 10]  # IoU(a, a2) = 90 / 110
-    dets = {"boxes": torch.tensor([b, a]), "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.8, 0.7])}
-    scores = torch.tensor([[0.7, 0.0], [0.0, 0.8], [0.6, 0.3]])  # [M, K]: rows from views 0, 0, 1
-    boxes = torch.tensor([[a, a], [b, b], [a2, a2]])  # [M, K, 4]
-    views = torch.tensor([0, 0, 1])
-    out = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05)
-    # a: sqrt(0.7 * (0.7 + 0.6) / 2); b: view 1 has only a class-1 box near a -> sqrt(0.8 * 0.4)
-    torch.testing.assert_close(out["scores"], torch.tensor([math.sqrt(0.7 * 0.65), math.sqrt(0.32)]))
-    assert out["labels"].tolist() == [1, 2] and out["boxes"].tolist() == [a, b]  # re-ranked
-    # below the score threshold a candidate gives no support
-    low = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.65)
-    torch.testing.assert_close(low["scores"], torch.tensor([math.sqrt(0.32), math.sqrt(0.7 * 0.35)]))
-    # one view, or nothing detected: unchanged
-    assert view_agreement_scores(dets, scores, boxes, views, 1, score_thresh=0.05) is dets
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
-    assert view_agreement_scores(empty, scores, boxes, views, 2, score_thresh=0.05) is empty
-
-
-def test_box_sizes():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [2, 3, 6, 12], [5, 5, 3, 3]])
-    torch.testing.assert_close(box_sizes(boxes), torch.tensor([10.0, 6.0, 0.0]))
-    assert box_sizes(torch.zeros(2, 3, 4)).shape == (2, 3)
-
-
-def test_view_agreement_scores_over_the_views_whose_range_holds_the_box():
-    a, b, a2 = [0.0, 0, 10, 10], [20.0, 20, 40, 40], [1.0, 0, 11, 10]  # sizes 10, 20, 10
-    dets = {"boxes": torch.tensor([b, a]), "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.8, 0.7])}
-    scores = torch.tensor([[0.7, 0.0], [0.0, 0.8], [0.6, 0.3]])  # rows from views 0, 0, 1
-    boxes = torch.tensor([[a, a], [b, b], [a2, a2]])
-    views = torch.tensor([0, 0, 1])
-    # view 1 holds boxes under 15 px: a is supported by both views, b by view 0 alone
-    out = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05,
-                                view_max_box=torch.tensor([math.inf, 15.0]))
-    torch.testing.assert_close(out["scores"], torch.tensor([0.8, math.sqrt(0.7 * 0.65)]))
-    assert out["labels"].tolist() == [2, 1]
-    # a range holding every box: the plain mean over the views
-    wide = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05,
-                                 view_max_box=torch.tensor([math.inf, math.inf]))
-    plain = view_agreement_scores(dets, scores, boxes, views, 2, score_thresh=0.05)
-    torch.testing.assert_close(wide["scores"], plain["scores"])
-    torch.testing.assert_close(plain["scores"], torch.tensor([math.sqrt(0.7 * 0.65), math.sqrt(0.4 * 0.8)]))
+    with pytest.raises(ValueError, match="vote_iou"):
+        DetectionSelector(vote_iou=1.5)

@@ -5,25 +5,31 @@ import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
 from fasterrcnn.modeling.matching import Matcher
-from fasterrcnn.modeling.postprocess import detect
-from fasterrcnn.modeling.roi_heads import (
-    BoxHead, BoxPredictor, RoIHeads, RoIPooler, label_rois, sample_rois, scale_boxes_about_centre,
-)
+from fasterrcnn.modeling.losses import FastRCNNLoss
+from fasterrcnn.modeling.pooler import RoIPooler, scale_boxes_about_centre
+from fasterrcnn.modeling.postprocess import DetectionSelector, class_boxes
+from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads
+from fasterrcnn.modeling.roi_sampling import RoISampling, label_rois, sample_rois
 from fasterrcnn.modeling.sampling import HardExampleMiner, Sampler
 
 ROI_MATCHER = Matcher(0.5, 0.5, 0.0)
 
 
-def _heads(k=3, c=4, pooler="roi_pool", miner=None):
+def _heads(k=3, c=4, pooler="roi_pool", miner=None, class_agnostic=False):
     return RoIHeads(
-        RoIPooler(pooler, 7, 16),
+        RoIPooler(pooler, 7, {"p4": 16}),
         BoxHead(c * 49, 32),
-        BoxPredictor(32, k),
-        matcher=ROI_MATCHER,
-        sampler=Sampler(16, 0.25),
-        coder=BoxCoder((10, 10, 5, 5)),
-        miner=miner,
+        BoxPredictor(32, k, class_agnostic),
+        BoxCoder((10, 10, 5, 5)),
+        sampling=RoISampling(ROI_MATCHER, Sampler(16, 0.25), miner=miner),
+        loss=FastRCNNLoss(),
+        selector=DetectionSelector(),
     )
+
+
+def detect(logits, deltas, rois, sizes, *, coder, **settings):
+    """Detections per image: the head's candidates, then the selection."""
+    return [DetectionSelector(**settings)(s, b) for s, b in class_boxes(logits, deltas, rois, sizes, coder=coder)]
 
 
 def test_sample_rois_labels_and_targets():
@@ -45,16 +51,16 @@ def test_sample_rois_without_ground_truth():
 def test_shapes_loss_and_predict():
     for pooler in ("roi_pool", "roi_align"):
         heads = _heads(pooler=pooler)
-        feats = torch.randn(2, 4, 8, 8)
+        feats = {"p4": torch.randn(2, 4, 8, 8)}
         props = [torch.tensor([[0.0, 0, 40, 40], [10, 10, 100, 60]]), torch.zeros(0, 4)]
         logits, deltas = heads(feats, props)
         assert logits.shape == (2, 4) and deltas.shape == (2, 16)
         gts = [torch.tensor([[0.0, 0, 40, 44]]), torch.tensor([[8.0, 8, 64, 64]])]
         labels = [torch.tensor([2]), torch.tensor([1])]
-        losses = heads.loss(feats, props, gts, labels)
+        losses = heads.loss(feats, props, gts, labels, [(128, 128), (128, 128)])
         assert set(losses) == {"roi_cls", "roi_reg"} and all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
-        dets = heads.predict(feats, props, [(128, 128), (128, 128)])
+        dets = [heads.selector(s, b) for s, b in heads.class_boxes(feats, props, [(128, 128), (128, 128)])]
         assert len(dets) == 2 and dets[1]["boxes"].shape == (0, 4)
 
 
@@ -89,7 +95,7 @@ def test_detect_per_class_nms_and_cap():
 
 def test_pooler_accepts_bfloat16_features():
     feats = torch.randn(1, 4, 8, 8).to(torch.bfloat16)
-    out = RoIPooler("roi_pool", 7, 16)(feats, [torch.tensor([[0.0, 0, 64, 64]])])
+    out = RoIPooler("roi_pool", 7, {"p4": 16})({"p4": feats}, [torch.tensor([[0.0, 0, 64, 64]])])
     assert out.shape == (1, 4, 7, 7) and torch.isfinite(out.float()).all()
 
 
@@ -98,8 +104,8 @@ def test_roi_align_cell_centres():
     aligned: cell i sits at (i + 0.5) * 8 -> index 0.5; not aligned: at i * 8 -> index 1.0."""
     feats = torch.arange(6.0).repeat(6, 1)[None, None]  # [1, 1, 6, 6], value = column
     box = [torch.tensor([[0.0, 0, 16, 16]])]
-    aligned = RoIPooler("roi_align", 1, 8, sampling_ratio=1, aligned=True)(feats, box)
-    plain = RoIPooler("roi_align", 1, 8, sampling_ratio=1, aligned=False)(feats, box)
+    aligned = RoIPooler("roi_align", 1, {"p3": 8}, sampling_ratio=1, aligned=True)({"p3": feats}, box)
+    plain = RoIPooler("roi_align", 1, {"p3": 8}, sampling_ratio=1, aligned=False)({"p3": feats}, box)
     assert aligned.item() == 0.5 and plain.item() == 1.0
 
 
@@ -107,45 +113,45 @@ def test_box_weighting_in_roi_loss():
     """"box" weighting changes the RoI loss only when the boxes have unequal foreground counts."""
     torch.manual_seed(0)
     paper, box = _heads(pooler="roi_align"), _heads(pooler="roi_align")
-    box.positive_weighting = "box"
+    box.loss_fn = FastRCNNLoss(positive_weighting="box")
     box.load_state_dict(paper.state_dict())
-    feats = torch.randn(1, 4, 8, 8)
+    feats = {"p4": torch.randn(1, 4, 8, 8)}
     gts = [torch.tensor([[4.0, 4, 100, 100], [100.0, 100, 116, 116]])]
     props = [torch.tensor([[4.0, 4, 100, 100], [6.0, 6, 100, 100], [4.0, 4, 98, 96],
                            [8.0, 8, 100, 100], [100.0, 100, 116, 116], [0.0, 0, 20, 20]])]
     labels = [torch.tensor([1, 2])]
     torch.manual_seed(1)
-    a = paper.loss(feats, props, gts, labels)
+    a = paper.loss(feats, props, gts, labels, [(128, 128)])
     torch.manual_seed(1)
-    b = box.loss(feats, props, gts, labels)
+    b = box.loss(feats, props, gts, labels, [(128, 128)])
     assert not torch.allclose(a["roi_cls"], b["roi_cls"])
     one = [gts[0][:1]], [labels[0][:1]]
     torch.manual_seed(2)
-    a = paper.loss(feats, props, *one)
+    a = paper.loss(feats, props, *one, [(128, 128)])
     torch.manual_seed(2)
-    b = box.loss(feats, props, *one)
+    b = box.loss(feats, props, *one, [(128, 128)])
     torch.testing.assert_close(a, b)
 
 
 def test_giou_box_loss_in_roi_head_hand_case():
     heads = _heads(pooler="roi_align")
-    heads.box_loss = "giou"
+    heads.loss_fn = FastRCNNLoss(box_loss="giou")
     torch.nn.init.zeros_(heads.predictor.bbox_pred.weight)
     torch.nn.init.zeros_(heads.predictor.bbox_pred.bias)  # zero deltas: each box is its RoI
-    feats = torch.randn(1, 4, 8, 8)
+    feats = {"p4": torch.randn(1, 4, 8, 8)}
     gts, labels = [torch.tensor([[0.0, 0, 40, 40]])], [torch.tensor([2])]
     props = [torch.tensor([[0.0, 0, 40, 30]])]  # IoU 0.75 with the gt: foreground
     # sampled: the gt box itself (appended, loss 0) and the proposal (1 - 0.75), both foreground
-    losses = heads.loss(feats, props, gts, labels)
+    losses = heads.loss(feats, props, gts, labels, [(128, 128)])
     torch.testing.assert_close(losses["roi_reg"], torch.tensor((0.0 + 0.25) / 2))
     losses["roi_reg"].backward()
     assert heads.predictor.bbox_pred.weight.grad.abs().sum() > 0
     # the paper's loss on the same RoIs: 0 for the gt box; the proposal's targets are
     # dy = 10 * (20 - 15) / 30 and dh = 5 * log(40 / 30), both >= beta = 1, so |d| - 0.5 each
-    heads.box_loss = "smooth_l1"
+    heads.loss_fn = FastRCNNLoss(box_loss="smooth_l1")
     dy, dh = 10 * 5 / 30, 5 * math.log(40 / 30)
     expected = (0.0 + (dy - 0.5) + (dh - 0.5)) / 2
-    torch.testing.assert_close(heads.loss(feats, props, gts, labels)["roi_reg"], torch.tensor(expected))
+    torch.testing.assert_close(heads.loss(feats, props, gts, labels, [(128, 128)])["roi_reg"], torch.tensor(expected))
 
 
 def test_label_rois_keeps_every_labelled_proposal_foreground_first():
@@ -161,7 +167,7 @@ def test_label_rois_keeps_every_labelled_proposal_foreground_first():
 def test_hard_mining_trains_on_the_highest_loss_rois():
     torch.manual_seed(0)
     heads = _heads(k=2, c=4, pooler="roi_align", miner=HardExampleMiner(3, 0.7))
-    feats = torch.randn(1, 4, 8, 8)
+    feats = {"p4": torch.randn(1, 4, 8, 8)}
     gts, labels = [torch.tensor([[0.0, 0, 40, 40]])], [torch.tensor([1])]
     props = [torch.tensor([[0.0, 0, 40, 40], [60, 60, 120, 120], [0, 60, 50, 120], [70, 0, 120, 50],
                            [1, 1, 40, 40]])]
@@ -172,7 +178,7 @@ def test_hard_mining_trains_on_the_highest_loss_rois():
         with torch.no_grad():
             heads.predictor.cls_score.weight.zero_()
             heads.predictor.cls_score.bias.copy_(torch.tensor(bias))
-        return heads.mine_rois(feats, with_gt, gts, labels)[0]
+        return heads.sample(feats, props, gts, labels)[0]  # the gt box joins the proposals
 
     # it says background: the three foreground RoIs (the gt box, its copy and a near-copy) are
     # the hard ones; NMS keeps one of them, two (equally easy) backgrounds fill the batch
@@ -183,7 +189,7 @@ def test_hard_mining_trains_on_the_highest_loss_rois():
     rois, labs, _ = mine([-4.0, 4.0, 0.0])
     assert labs.tolist() == [0, 0, 0]
     assert sorted(map(tuple, rois.tolist())) == sorted(map(tuple, props[0][1:4].tolist()))
-    losses = heads.loss(feats, props, gts, labels)
+    losses = heads.loss(feats, props, gts, labels, [(128, 128)])
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert heads.predictor.cls_score.weight.grad is not None
@@ -195,9 +201,9 @@ def test_context_pooling_concatenates_the_enlarged_box():
         scale_boxes_about_centre(boxes, 1.5), torch.tensor([[5.0, 10.0, 35.0, 70.0]])
     )
     torch.manual_seed(0)
-    feats = torch.randn(1, 3, 12, 12)
-    plain = RoIPooler("roi_align", 7, 8, aligned=False)
-    foveal = RoIPooler("roi_align", 7, 8, aligned=False, context_scales=(1.5, 2.0))
+    feats = {"p3": torch.randn(1, 3, 12, 12)}
+    plain = RoIPooler("roi_align", 7, {"p3": 8}, aligned=False)
+    foveal = RoIPooler("roi_align", 7, {"p3": 8}, aligned=False, context_scales=(1.5, 2.0))
     assert foveal.num_regions == 3 and plain.num_regions == 1
     out = foveal(feats, [boxes])
     assert out.shape == (1, 9, 7, 7)
@@ -205,7 +211,7 @@ def test_context_pooling_concatenates_the_enlarged_box():
     torch.testing.assert_close(out[:, 3:6], plain(feats, [torch.tensor([[5.0, 10.0, 35.0, 70.0]])]))
     torch.testing.assert_close(out[:, 6:], plain(feats, [torch.tensor([[0.0, 0.0, 40.0, 80.0]])]))
     with pytest.raises(ValueError, match="context_scales"):
-        RoIPooler("roi_align", 7, 8, context_scales=(0.0,))
+        RoIPooler("roi_align", 7, {"p3": 8}, context_scales=(0.0,))
 
 
 def test_class_agnostic_predictor_repeats_one_box_per_class():
@@ -222,12 +228,11 @@ def test_class_agnostic_predictor_repeats_one_box_per_class():
 
 def test_class_agnostic_regression_trains_one_regressor_from_every_class():
     torch.manual_seed(0)
-    heads = RoIHeads(RoIPooler("roi_align", 7, 16), BoxHead(4 * 49, 32), BoxPredictor(32, 3, class_agnostic=True),
-                     matcher=ROI_MATCHER, sampler=Sampler(16, 0.25), coder=BoxCoder((10, 10, 5, 5)))
-    feats = torch.randn(1, 4, 8, 8)
+    heads = _heads(k=3, c=4, pooler="roi_align", class_agnostic=True)
+    feats = {"p4": torch.randn(1, 4, 8, 8)}
     props = [torch.tensor([[0.0, 0, 40, 40], [60, 60, 120, 110]])]
     gts = [torch.tensor([[2.0, 0, 40, 44], [60.0, 64, 118, 110]])]
-    losses = heads.loss(feats, props, gts, [torch.tensor([1, 3])])
+    losses = heads.loss(feats, props, gts, [torch.tensor([1, 3])], [(128, 128)])
     assert losses["roi_reg"] > 0
     losses["roi_reg"].backward()
     grad = heads.predictor.bbox_pred.weight.grad
@@ -239,8 +244,9 @@ def test_class_agnostic_regression_trains_one_regressor_from_every_class():
 
 
 def test_class_agnostic_config_builds_the_smaller_head():
-    from fasterrcnn.config import override, preset
-    from fasterrcnn.modeling.faster_rcnn import build_model
+    from fasterrcnn.config import override
+    from fasterrcnn.presets import preset
+    from fasterrcnn.modeling.builder import build_model
 
     cfg = override(preset("tiny-shapes"), {"model.roi_head.class_agnostic_reg": True,
                                            "model.roi_head.cascade_ious": [0.6]})

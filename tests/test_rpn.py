@@ -13,7 +13,7 @@ RPN_MATCHER = Matcher(0.7, 0.3, 0.0, True)
 
 
 def _rpn(channels=8, sizes=(32.0,), ratios=(0.5, 1.0, 2.0), stride=16, weighting="anchor"):
-    gen = AnchorGenerator(sizes, ratios, stride)
+    gen = AnchorGenerator({"p4": sizes}, ratios, {"p4": stride})
     return RegionProposalNetwork(
         RPNHead(channels, channels, gen.num_anchors),
         gen,
@@ -64,7 +64,7 @@ def test_label_anchors_without_ground_truth():
 
 def test_loss_and_proposals_end_to_end():
     rpn = _rpn()
-    feats = torch.randn(2, 8, 6, 8)
+    feats = {"p4": torch.randn(2, 8, 6, 8)}
     out = rpn(feats)
     assert out.anchors.shape == (6 * 8 * 3, 4)
     sizes = [(96, 128), (80, 100)]
@@ -88,7 +88,7 @@ def test_box_weighting_counts_each_box_once():
     small box's anchor half the positive weight; with a single box it equals the paper's loss."""
     torch.manual_seed(0)
     sizes = [(128, 128)]
-    feats = torch.randn(1, 8, 8, 8)
+    feats = {"p4": torch.randn(1, 8, 8, 8)}
     big_and_small = [torch.tensor([[8.0, 8, 120, 120], [40.0, 40, 72, 72]])]
     paper, box = _rpn(sizes=(32.0, 64.0, 128.0)), _rpn(sizes=(32.0, 64.0, 128.0), weighting="box")
     for layer in (paper.head.conv, paper.head.cls_logits):  # logits far from 0: unequal losses

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from fasterrcnn.config import override, preset
+from fasterrcnn.config import override
+from fasterrcnn.presets import preset
 from fasterrcnn.engine.sliced import cut_mask, merge_detections, predict_sliced
-from fasterrcnn.modeling.faster_rcnn import build_model
+from fasterrcnn.modeling.builder import build_model
 
 
 class PaintDetector:

@@ -77,17 +77,17 @@ def test_fixed_sampling_ratio_required() -> None:
 def test_pooler_dispatch_and_results() -> None:
     features = torch.randn(2, 6, 12, 12)
     boxes = [torch.tensor([[4.0, 4.0, 60.0, 50.0]]), torch.tensor([[0.0, 0.0, 90.0, 90.0]])]
-    pooler = RoIPooler("roi_align", 7, 8, sampling_ratio=2, aligned=False)
+    pooler = RoIPooler("roi_align", 7, {"p3": 8}, sampling_ratio=2, aligned=False)
     assert pooler._sparse_ok(features)
     assert not pooler._sparse_ok(features.double())
-    assert not RoIPooler("roi_align", 7, 8, sampling_ratio=0)._sparse_ok(features)
+    assert not RoIPooler("roi_align", 7, {"p3": 8}, sampling_ratio=0)._sparse_ok(features)
     torch.testing.assert_close(
-        pooler(features, boxes), roi_align(features, boxes, 7, 1 / 8, 2, aligned=False),
+        pooler({"p3": features}, boxes), roi_align(features, boxes, 7, 1 / 8, 2, aligned=False),
         atol=1e-5, rtol=1e-5,
     )
     # adaptive sampling (torchvision path) still works
-    adaptive = RoIPooler("roi_align", 7, 8, sampling_ratio=0)
-    assert adaptive(features, boxes).shape == (2, 6, 7, 7)
+    adaptive = RoIPooler("roi_align", 7, {"p3": 8}, sampling_ratio=0)
+    assert adaptive({"p3": features}, boxes).shape == (2, 6, 7, 7)
 
 
 def test_deterministic() -> None:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fasterrcnn.config import TrainConfig, preset
+from fasterrcnn.config import TrainConfig
+from fasterrcnn.presets import preset
 from fasterrcnn.data.dataset import Annotation
 from fasterrcnn.data.loader import build_train_loader
 from fasterrcnn.data.stats import anchor_coverage, suggest_anchors

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import override, parse_overrides, preset
+from ..config import override, parse_overrides
+from ..presets import preset
 from .common import classes_arg
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import Config, ConfigError, from_dict, override, parse_overrides, preset, to_dict
+from ..config import Config, ConfigError, from_dict, override, parse_overrides, to_dict
+from ..presets import preset
 
 log = logging.getLogger("fasterrcnn")
 
@@ -116,24 +116,25 @@ def sliced_predictor(model: Any, args: argparse.Namespace) -> Callable | None:
 
 
 def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str, ...]]:
+    """(predictor, config, class names) of ``--checkpoint``: the model wrapped in the test-time
+    views its config and the flags ask for (``predictor.model`` is the network itself)."""
     from ..engine.checkpoint import load_model
 
     model, cfg, classes = load_model(args.checkpoint, device=args.device)
-    if getattr(args, "score_thresh", None) is not None:
-        model.roi_heads.score_thresh = float(args.score_thresh)
-    if getattr(args, "max_detections", None):
-        model.roi_heads.detections_per_img = int(args.max_detections)
-    apply_test_time_options(model, cfg, args)
-    return model, cfg, tuple(classes)
+    return inference_predictor(model, cfg, args), cfg, tuple(classes)
 
 
-def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -> None:
-    """``--no-tta``, ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` / ``--tta-transpose``,
-    ``--tta-zoom`` / ``--tta-zoom-max-box``, ``--tta-fusion``, ``--mask-padding`` and
-    ``--box-vote`` on a loaded model."""
-    from ..modeling.padding import check_maskable
-    from ..modeling.views import inference_views, zoom_views
+def inference_predictor(model: Any, cfg: Config, args: argparse.Namespace) -> Any:
+    """The predictor of a loaded model from its config and the flags; each flag does one thing:
+    ``--no-tta`` (no test-time views), ``--tta-sizes``, ``--tta-flip`` / ``--tta-vflip`` /
+    ``--tta-transpose`` (replace the config's views), ``--tta-zoom`` / ``--tta-zoom-max-box``,
+    ``--tta-fusion``; ``--score-thresh``, ``--max-detections`` and ``--box-vote`` (the final
+    selection)."""
+    import dataclasses
 
+    from ..modeling.builder import build_predictor
+
+    aug = cfg.model.test_aug
     sizes_text = getattr(args, "tta_sizes", None)
     flip = bool(getattr(args, "tta_flip", False))
     vflip = bool(getattr(args, "tta_vflip", False))
@@ -142,50 +143,36 @@ def apply_test_time_options(model: Any, cfg: Config, args: argparse.Namespace) -
     zoom_box = getattr(args, "tta_zoom_max_box", None)
     views_given = sizes_text is not None or flip or vflip or transpose
     zoom_given = zoom_text is not None or zoom_box is not None
+    changes: dict[str, Any] = {}
     if getattr(args, "no_tta", False):
         if views_given or zoom_given:
             raise ConfigError("--no-tta cannot be combined with --tta-sizes, --tta-flip/-vflip/-transpose "
                               "or --tta-zoom")
-        model.views = ()
-        model.roi_heads.vote_iou = 0.0
-    if views_given or zoom_given:
-        i = cfg.model.input  # the flags replace the config's views: sizes default to the test scale
-        regular = tuple(v for v in model.views if v.max_box == math.inf)
-        zoom = tuple(v for v in model.views if v.max_box < math.inf)
-        if views_given:
-            sizes = _sizes(sizes_text or "", "--tta-sizes")
-            regular = inference_views(sizes, flip, i.min_size_test, i.max_size_test,
-                                      vflip=vflip, transpose=transpose)
-        if zoom_box is not None and not zoom_box > 0:
+        changes.update(min_sizes=(), hflip=False, vflip=False, transpose=False, zoom_sizes=())
+    if views_given:  # the flags replace the config's views: sizes default to the test scale
+        changes.update(min_sizes=_sizes(sizes_text or "", "--tta-sizes"), hflip=flip, vflip=vflip,
+                       transpose=transpose)
+    if zoom_box is not None:
+        if not zoom_box > 0:
             raise ConfigError(f"--tta-zoom-max-box must be > 0 pixels, got {zoom_box}")
-        if zoom_given:
-            box = zoom_box if zoom_box is not None else (zoom[0].max_box if zoom else cfg.model.test_aug.zoom_max_box)
-            if zoom_text is None:
-                zoom_sizes = tuple(v.min_size for v in zoom)
-            elif zoom_text.strip().lower() == "none":
-                zoom_sizes = ()
-            else:
-                zoom_sizes = _sizes(zoom_text, "--tta-zoom")
-            zoom = zoom_views(zoom_sizes, box, i.min_size_test, i.max_size_test)
-        if zoom and not regular:  # zoomed views add to the plain view at the test scale
-            regular = inference_views((), False, i.min_size_test, i.max_size_test)
-        model.views = regular + zoom
-    fusion = getattr(args, "tta_fusion", None)
-    if fusion is not None:
-        model.score_fusion = fusion
-    mask = getattr(args, "mask_padding", None)
-    if mask is not None:
-        if mask:
-            try:
-                check_maskable(model.backbone)
-            except ValueError as exc:
-                raise ConfigError(f"--mask-padding: {exc}") from None
-        model.mask_padding = bool(mask)
+        changes["zoom_max_box"] = float(zoom_box)
+    if zoom_text is not None:
+        changes["zoom_sizes"] = () if zoom_text.strip().lower() == "none" else _sizes(zoom_text, "--tta-zoom")
+    if getattr(args, "tta_fusion", None) is not None:
+        changes["score_fusion"] = args.tta_fusion
+    selector = model.roi_heads.selector
+    select: dict[str, Any] = {}
+    if getattr(args, "score_thresh", None) is not None:
+        select["score_thresh"] = float(args.score_thresh)
+    if getattr(args, "max_detections", None):
+        select["detections_per_img"] = int(args.max_detections)
     vote = getattr(args, "box_vote", None)
     if vote is not None:
         if not 0.0 <= vote <= 1.0:
             raise ConfigError(f"--box-vote must be an IoU in [0, 1] (0 = off), got {vote}")
-        model.roi_heads.vote_iou = float(vote)
+        select["vote_iou"] = float(vote)
+    return build_predictor(model, cfg.model, test_aug=dataclasses.replace(aug, **changes),
+                           selector=dataclasses.replace(selector, **select))
 
 
 def _sizes(text: str, flag: str) -> tuple[int, ...]:

@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import override, preset
+from ..config import override
+from ..presets import preset
 from .common import draw_examples, print_metrics, set_threads
 
 DEMO_OUT = "runs/demo"
@@ -18,7 +19,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..data.shapes import ShapesDataset
     from ..engine.checkpoint import load_model
     from ..engine.inference import evaluate_model, write_json
-    from ..engine.trainer import train
+    from ..engine.trainer import train_joint
+    from ..modeling.builder import build_predictor
 
     set_threads(args.threads)
     start = time.time()
@@ -32,12 +34,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     test_set = ShapesDataset("test", args.test_images, seed=0)
     print(f"built-in data: {len(train_set)} training and {len(test_set)} test images "
           f"({len(test_set.classes)} classes: {', '.join(test_set.classes)})")
-    summary = train(cfg, train_set, out_dir=out, classes=train_set.classes, device=args.device,
+    summary = train_joint(cfg, train_set, out_dir=out, classes=train_set.classes, device=args.device,
                     progress=not args.quiet, resume="auto" if args.resume else None)
     train_time = time.time() - start
-    model, _, classes = load_model(out / "model_final.pt", device=args.device)
-    result = evaluate_model(model, test_set, "voc07", out_dir=out, device=args.device)
-    picture = draw_examples(model, test_set, range(min(6, len(test_set))), out / "detections.jpg", 0.5)
+    model, cfg, _ = load_model(out / "model_final.pt", device=args.device)
+    predictor = build_predictor(model, cfg.model)  # the preset's test-time views
+    result = evaluate_model(predictor, test_set, "voc07", out_dir=out, device=args.device)
+    picture = draw_examples(predictor, test_set, range(min(6, len(test_set))), out / "detections.jpg", 0.5)
     total = time.time() - start
     metrics = {k: v for k, v in result.items() if k != "pr"}
     metrics.update({"data": f"shapes:test:{len(test_set)}", "iterations": summary["iteration"],

@@ -15,14 +15,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..engine.inference import evaluate_model, write_json
 
     set_threads(args.threads)
-    model, _, classes = load_for_inference(args)
+    predictor, _, classes = load_for_inference(args)
     dataset = parse_data_spec(args.data, classes=classes)
     out = Path(args.out)
     if args.proposals:
-        return _eval_proposals(model, dataset, args, out)
-    result = evaluate_model(model, dataset, args.metric, out_dir=out, batch_size=args.batch_size,
+        return _eval_proposals(predictor.model, dataset, args, out)
+    result = evaluate_model(predictor, dataset, args.metric, out_dir=out, batch_size=args.batch_size,
                             device=args.device, progress=not args.no_progress,
-                            predictor=sliced_predictor(model, args))
+                            predictor=sliced_predictor(predictor, args))
     write_json(out / "metrics.json", {**{k: v for k, v in result.items() if k != "pr"}, "data": args.data,
                                       "checkpoint": str(args.checkpoint)})
     print_metrics(result)

@@ -73,12 +73,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                         "NMS; 'agreement' takes the geometric mean of that and the box's mean best "
                         "score over the views (default: the checkpoint's model.test_aug.score_fusion)")
     p.add_argument("--no-tta", action="store_true",
-                   help="one plain view at the test scale and no box voting, whatever the "
-                        "checkpoint's config says (the paper's test procedure)")
-    p.add_argument("--mask-padding", action=argparse.BooleanOptionalAction, default=None,
-                   help="make each image's detections independent of its batch mates (zero the "
-                        "batch padding before every conv and pool; see model.mask_padding). "
-                        "Default: the checkpoint's config")
+                   help="no test-time views: one plain pass at the test scale, whatever the "
+                        "checkpoint's model.test_aug says (box voting is --box-vote's business)")
     p.add_argument("--box-vote", type=float, default=None, metavar="IOU",
                    help="box voting: each detection's box becomes the score-weighted mean of the "
                         "same-class candidates overlapping it at IoU >= IOU (0 = off)")

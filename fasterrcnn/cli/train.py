@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
 from .common import build_config, classes_arg, log, print_metrics, set_threads, sliced_predictor
 
 
@@ -50,24 +49,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_fn = None
     if args.val_data:
         val_set = parse_data_spec(args.val_data, classes=classes, images=images)
-        predictor_for = lambda m: sliced_predictor(m, args)  # noqa: E731
+        from ..modeling.builder import build_predictor
 
         def val_fn(model: Any) -> dict[str, Any]:
-            return evaluate_model(model, val_set, args.metric, out_dir=out, device=args.device,
-                                  predictor=predictor_for(model))
+            predictor = build_predictor(model, cfg.model)  # the config's test-time views
+            return evaluate_model(predictor, val_set, args.metric, out_dir=out, device=args.device,
+                                  predictor=sliced_predictor(predictor, args))
 
     common = dict(out_dir=out, classes=classes, val_fn=val_fn, resume=args.resume,
                   deterministic=args.deterministic, device=args.device, progress=not args.no_progress)
-    if cfg.train.schedule == "alternating":
-        from ..engine.alternating import train_alternating
+    from ..engine import train
 
-        summary = train_alternating(cfg, train_set, **common)
-    elif cfg.train.schedule == "joint":
-        from ..engine.trainer import train
-
-        summary = train(cfg, train_set, allow_config_changes=tuple(args.allow_config_change or ()), **common)
-    else:
-        raise ConfigError(f"unknown schedule {cfg.train.schedule!r}: use 'joint' or 'alternating'")
+    summary = train(cfg, train_set, allow_config_changes=tuple(args.allow_config_change or ()), **common)
     print(f"finished at iteration {summary.get('iteration')}; weights: {out / 'model_final.pt'}")
     if summary.get("metrics"):
         print_metrics(summary["metrics"])

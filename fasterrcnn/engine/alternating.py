@@ -1,6 +1,6 @@
 """4-step alternating training (the paper's §3.2), ``train.schedule = "alternating"``.
 
-The steps, each a run of :func:`fasterrcnn.engine.trainer.train` in ``DIR/stepK/`` (with its own
+The steps, each a run of :func:`fasterrcnn.engine.trainer.train_joint` in ``DIR/stepK/`` (with its own
 ``last.pt``, ``model_final.pt``, logs):
 
 1. **RPN**: a freshly built model (backbone from ``model.backbone.weights``, i.e. ImageNet) trained
@@ -62,7 +62,7 @@ from .checkpoint import (
     load_state_strict,
 )
 from .runtime import resolve_device, seed_everything
-from .trainer import train
+from .trainer import train_joint
 
 ValFn = Callable[[nn.Module], Mapping[str, Any]]
 
@@ -75,14 +75,13 @@ STEP_TITLES = (
 )
 STEP_STAGES: tuple[tuple[str, ...], ...] = (("rpn",), ("roi",), ("rpn",), ("roi",))
 # the top-level parts of FasterRCNN each step trains (all other parameters are frozen)
-# ("semantic": the optional dense auxiliary head trains with the shared convs, steps 1-2)
 STEP_TRAINED: tuple[tuple[str, ...], ...] = (
-    ("backbone", "rpn", "semantic"),
-    ("backbone", "roi_heads", "semantic"),
+    ("backbone", "rpn"),
+    ("backbone", "roi_heads"),
     ("rpn",),
     ("roi_heads",),
 )
-PARTS = ("backbone", "rpn", "roi_heads", "semantic")
+PARTS = ("backbone", "rpn", "roi_heads")
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -172,7 +171,7 @@ def train_alternating(
     ``val_fn(model)`` evaluates the unified network: periodically in step 4 (``eval_period``) and
     at the end.
 
-    Returns the :func:`~fasterrcnn.engine.trainer.train` summary keys (``iteration`` and
+    Returns the :func:`~fasterrcnn.engine.trainer.train_joint` summary keys (``iteration`` and
     ``skipped_steps`` summed over the steps, ``metrics``/``losses``/``last_checkpoint`` of step 4,
     ``final_weights`` = ``DIR/model_final.pt``) plus ``"steps"``: one dict per step, the step's
     ``train`` summary with ``"step"`` and ``"reused": False``, or ``{"step", "reused": True,
@@ -238,7 +237,7 @@ def _build_step_model(
 ) -> tuple[nn.Module, Callable[[list[torch.Tensor]], list[torch.Tensor]] | None]:
     """The model step ``step`` starts from (parts frozen as the step needs) and its proposal
     source (None: the model's own RPN, i.e. no RoI training)."""
-    from ..modeling.faster_rcnn import build_model
+    from ..modeling.builder import build_model
 
     proposal_fn = None
     if step in (1, 2):
@@ -299,7 +298,7 @@ def _run(
         if progress and main:
             print(f"[alternating] step {k}/{NUM_STEPS}: {STEP_TITLES[k - 1]}", flush=True)
         model, proposal_fn = _build_step_model(k, cfg, out_dir, dev)
-        summary = train(
+        summary = train_joint(
             step_config(cfg, k), train_set, out_dir=step_dir(out_dir, k), classes=classes,
             val_fn=val_fn if k == NUM_STEPS else None,
             resume="auto" if resume is not None else None,

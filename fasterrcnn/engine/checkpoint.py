@@ -260,7 +260,7 @@ def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Config, tuple[str, ...]]:
     """Build the model a checkpoint describes and load its weights strictly (eval mode)."""
-    from ..modeling.faster_rcnn import build_model
+    from ..modeling.builder import build_model
 
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)

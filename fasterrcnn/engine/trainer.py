@@ -41,8 +41,7 @@ The pieces of one iteration (optimiser, forward/backward, clipping, frozen Batch
 :mod:`fasterrcnn.engine.step`, reading and restoring a checkpoint's training state in
 :mod:`fasterrcnn.engine.resume`, the non-finite guard and :class:`TrainingDiverged` in
 :mod:`fasterrcnn.engine.guard`, seeding, the device and deterministic kernels in
-:mod:`fasterrcnn.engine.runtime`; ``TrainingDiverged``, ``build_optimizer``, ``seed_everything``
-and ``resolve_device`` can still be imported from here.
+:mod:`fasterrcnn.engine.runtime`.
 """
 
 from __future__ import annotations
@@ -69,11 +68,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .guard import keep_good_checkpoint, keep_previous, previous_path
-from .guard import NonFiniteGuard, TrainingDiverged, check_finite_weights  # noqa: F401 (re-export)
+from .guard import NonFiniteGuard, check_finite_weights
 from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
 from .resume import read_resume_checkpoint, restore_optimisation, restore_rng, sampler_start, training_state
-from .runtime import _Determinism, enable_determinism, resolve_device, seed_everything  # noqa: F401
+from .runtime import _Determinism, enable_determinism, resolve_device, seed_everything
 from .step import (
     ProposalFn,
     StagedLoss,
@@ -119,7 +118,7 @@ def _validate(cfg: Config, classes: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(
+def train_joint(
     cfg: Config,
     train_set: Any,
     *,
@@ -135,7 +134,9 @@ def train(
     stages: Sequence[str] | None = None,
     proposal_fn: ProposalFn | None = None,
 ) -> dict[str, Any]:
-    """Train a detector on ``train_set`` (a :class:`~fasterrcnn.data.dataset.DetectionDataset`).
+    """Train a detector on ``train_set`` (a :class:`~fasterrcnn.data.dataset.DetectionDataset`)
+    with approximate joint training, or one step of the alternating schedule (``stages``).
+    :func:`fasterrcnn.engine.train` picks the schedule a config names.
 
     ``resume``: None (fresh run), ``"auto"`` (``out_dir/last.pt`` if it exists) or a checkpoint
     path; its config must match ``cfg`` except operational keys
@@ -149,6 +150,9 @@ def train(
     "last_checkpoint", "final_weights", "elapsed_s"}``. Raises :class:`TrainingDiverged` on
     divergence and :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
     """
+    if cfg.train.schedule != "joint" and stages is None:
+        raise ConfigError(f"train.schedule is {cfg.train.schedule!r}: run it with fasterrcnn.engine.train, "
+                          "which runs its steps (train_joint runs the joint schedule or one given step)")
     with dist_utils.group_from_env(str(device)):
         saved = _Determinism.capture()
         try:
@@ -199,7 +203,7 @@ def _train(
     # ---- model, optimiser, schedule, scaler (same init on every rank: seeded identically)
     seed_everything(tcfg.seed)
     if model is None:
-        from ..modeling.faster_rcnn import build_model
+        from ..modeling.builder import build_model
 
         # resuming: the checkpoint holds every weight, the ImageNet file need not exist any more
         model = build_model(cfg.model, load_backbone_weights=ckpt is None)

@@ -1,18 +1,20 @@
-"""Anchors: k reference boxes at every position of the stride-s feature map (paper §3.1.1).
+"""Anchors: k reference boxes at every position of each feature level (paper §3.1.1).
 
-Shapes: A anchors per position (k in the paper), Hf x Wf feature map, s the stride.
-All anchors of an image are ordered (y, x, a): index ``(y * Wf + x) * A + a``, the order in which
-the RPN head flattens its outputs.
+Shapes: L feature levels; level l is an Hl x Wl map of stride s_l with A anchors per position
+(k in the paper); R = sum over levels of Hl * Wl * A anchors per image.
+Anchors are ordered level by level, and within a level (y, x, a): index ``(y * Wl + x) * A + a``,
+the order in which the RPN head flattens its outputs.
 
 An anchor of size s (= sqrt(area)) and aspect ratio r (= h / w) has w = s / sqrt(r) and
 h = s * sqrt(r), so its area is exactly s^2. Anchor centres sit at ``(x + offset) * stride``:
 offset 0.5 centres them on the receptive field of the feature cell, as in the paper's code.
+The paper's model has one level (stride 16, 3 sizes x 3 ratios); an FPN has one size per level.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,23 +59,47 @@ def inside_image(anchors: Tensor, image_size: tuple[int, int], straddle_thresh: 
 
 
 class AnchorGenerator(nn.Module):
-    """Anchors for a feature map; caches the grid per feature size."""
+    """Anchors for each feature level; caches the grids per feature size.
 
-    def __init__(self, sizes: Sequence[float], aspect_ratios: Sequence[float], stride: int, offset: float = 0.5):
+    ``sizes`` and ``strides`` map each level name to its anchor sizes and its stride; every level
+    has the same ``aspect_ratios``, so the same number of anchors per position (one RPN head
+    serves all levels).
+    """
+
+    def __init__(
+        self,
+        sizes: Mapping[str, Sequence[float]],
+        aspect_ratios: Sequence[float],
+        strides: Mapping[str, int],
+        offset: float = 0.5,
+    ) -> None:
         super().__init__()
-        self.stride = int(stride)
+        if set(sizes) != set(strides):
+            raise ValueError(f"anchor sizes are given for levels {sorted(sizes)}, strides for {sorted(strides)}")
+        counts = {len(s) for s in sizes.values()}
+        if len(counts) != 1:
+            raise ValueError(f"every level needs the same number of anchor sizes, got {dict(sizes)}")
+        self.levels = tuple(strides)
+        self.strides = {k: int(strides[k]) for k in self.levels}
         self.offset = float(offset)
-        self.register_buffer("base", base_anchors(sizes, aspect_ratios), persistent=False)
-        self._cache: dict[tuple[int, int, str], Tensor] = {}
+        for k in self.levels:
+            self.register_buffer(f"base_{k}", base_anchors(sizes[k], aspect_ratios), persistent=False)
+        self._cache: dict[tuple, Tensor] = {}
 
     @property
     def num_anchors(self) -> int:
-        return int(self.base.shape[0])
+        """A: anchors per position (the same on every level)."""
+        return int(getattr(self, f"base_{self.levels[0]}").shape[0])
 
-    def forward(self, feature_size: tuple[int, int]) -> Tensor:
-        key = (int(feature_size[0]), int(feature_size[1]), str(self.base.device))
-        if key not in self._cache:
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = grid_anchors(self.base, key[:2], self.stride, self.offset)
-        return self._cache[key]
+    def forward(self, feature_sizes: Mapping[str, tuple[int, int]]) -> list[Tensor]:
+        """Per level (in ``levels`` order): [Hl * Wl * A, 4] anchors for maps of these (Hl, Wl)."""
+        out = []
+        for k in self.levels:
+            base = getattr(self, f"base_{k}")
+            key = (k, int(feature_sizes[k][0]), int(feature_sizes[k][1]), str(base.device))
+            if key not in self._cache:
+                if len(self._cache) > 64 * len(self.levels):
+                    self._cache.clear()
+                self._cache[key] = grid_anchors(base, key[1:3], self.strides[k], self.offset)
+            out.append(self._cache[key])
+        return out

@@ -12,10 +12,10 @@ stage, x3 at the third, as in the paper). The RoI pooling is shared.
     while training (its gt class, or the most likely object class for background RoIs), the
     most likely object class at test time; clipped to the image;
   * the refined boxes are labelled against the gt boxes with the stage's matcher by
-    :func:`~fasterrcnn.modeling.roi_heads.label_rois` (no sampling: the stage trains on all
-    the RoIs the first stage sampled; its matcher ignores nothing);
-  * :class:`RefineStage`: the parts of one later stage, given to
-    :class:`~fasterrcnn.modeling.roi_heads.RoIHeads` as ``stages``.
+    :func:`~.roi_sampling.label_rois` (no sampling: the stage trains on all the RoIs the first
+    stage sampled; its matcher ignores nothing);
+  * :class:`RefineStage`: the parts of one later stage;
+  * :class:`CascadeRoIHeads`: the Fast R-CNN head (the first stage) followed by its stages.
 
 At test time the detector's scores are the mean of every stage's class probabilities (each on
 the boxes it was given) and the boxes are the last stage's.
@@ -31,6 +31,9 @@ from torchvision.ops import clip_boxes_to_image
 
 from .box_coding import BoxCoder
 from .matching import Matcher
+from .postprocess import class_boxes
+from .roi_heads import Features, RoIHeads
+from .roi_sampling import label_rois
 
 
 def most_likely_classes(class_logits: Tensor) -> Tensor:
@@ -82,3 +85,56 @@ class RefineStage(nn.Module):
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """(class_logits [R, K+1], box_deltas [R, 4(K+1)]) from pooled features [R, C, P, P]."""
         return self.predictor(self.box_head(pooled))
+
+
+class CascadeRoIHeads(RoIHeads):
+    """:class:`~.roi_heads.RoIHeads` followed by later ``stages`` (each its own fc head, trained
+    on the boxes the stage before it regressed). Each stage ``k`` (2, 3, ...) adds losses
+    ``roi{k}_cls`` and ``roi{k}_reg``; detections take the mean of every stage's class
+    probabilities and the last stage's boxes."""
+
+    def __init__(self, *args, stages: Sequence[RefineStage], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not stages:
+            raise ValueError("a cascade needs at least one later stage")
+        self.stages = nn.ModuleList(stages)
+
+    def loss(
+        self,
+        features: Features,
+        proposals: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        gt_labels: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        sampled = self.sample(features, proposals, gt_boxes, gt_labels)
+        class_logits, box_deltas = self(features, [r for r, _, _ in sampled])
+        losses = self.loss_fn(class_logits, box_deltas, sampled, self.coder, "roi")
+        coder = self.coder
+        for k, stage in enumerate(self.stages, start=2):
+            labels = torch.cat([lab for _, lab, _ in sampled])
+            classes = torch.where(labels > 0, labels, most_likely_classes(class_logits.detach()))
+            boxes = refine_boxes(box_deltas.detach(), [r for r, _, _ in sampled], classes, image_sizes,
+                                 coder=coder)
+            coder = stage.coder
+            sampled = [label_rois(b, g, lab, matcher=stage.matcher)
+                       for b, g, lab in zip(boxes, gt_boxes, gt_labels)]
+            class_logits, box_deltas = stage(self.pooler(features, [b for b, _, _ in sampled]))
+            losses.update(self.loss_fn(class_logits, box_deltas, sampled, stage.coder, f"roi{k}",
+                                       stage.loss_weight))
+        return losses
+
+    def class_boxes(
+        self, features: Features, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        class_logits, box_deltas = self(features, proposals)
+        probs = torch.softmax(class_logits.float(), dim=-1)
+        rois, coder = list(proposals), self.coder
+        for stage in self.stages:
+            rois = refine_boxes(box_deltas, rois, most_likely_classes(class_logits), image_sizes, coder=coder)
+            class_logits, box_deltas = stage(self.pooler(features, rois))
+            probs = probs + torch.softmax(class_logits.float(), dim=-1)
+            coder = stage.coder
+        out = class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)
+        mean = (probs[:, 1:] / (1 + len(self.stages))).split([len(r) for r in rois])
+        return [(m, b) for m, (_, b) in zip(mean, out)]

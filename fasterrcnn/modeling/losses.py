@@ -11,10 +11,16 @@ terms inside those sums; the paper weighs every example 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
+
+from ..config import BOX_LOSSES
+from .box_coding import BoxCoder
 
 
 def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
@@ -54,7 +60,6 @@ def detection_losses(
     class_weights: Tensor | None = None,
     box_weights: Tensor | None = None,
     box_losses: Tensor | None = None,
-    focal_gamma: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """(classification, regression) losses of one stage.
 
@@ -64,23 +69,17 @@ def detection_losses(
     ``box_losses`` [F], when given, replaces the smooth L1 of each foreground example's deltas
     (e.g. :func:`giou_losses`); the normalisation stays the same, and ``box_targets`` may then be
     None.
-    ``focal_gamma`` > 0 multiplies each example's log loss by ``(1 - p)^focal_gamma``, p its
-    probability of the true class (softmax focal loss, Lin et al. 2017); 0 is the log loss.
     With no sampled example both losses are 0 (still connected to the graph).
     """
     num = class_targets.numel()
     if num == 0:
         zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
         return zero, zero
-    if class_weights is None and focal_gamma == 0:
+    if class_weights is None:
         cls = F.cross_entropy(class_logits.float(), class_targets)
     else:
         ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
-        if focal_gamma > 0:
-            ce = ce * (1.0 - torch.exp(-ce)).pow(focal_gamma)  # exp(-ce) = p of the true class
-        if class_weights is not None:
-            ce = ce * class_weights.float()
-        cls = ce.sum() / num
+        cls = (ce * class_weights.float()).sum() / num
     if box_losses is None:
         if box_targets is None:
             raise ValueError("detection_losses needs box_targets or box_losses")
@@ -108,3 +107,71 @@ def example_losses(
     ce = F.cross_entropy(class_logits.float(), class_targets, reduction="none")
     reg = smooth_l1(box_deltas.float(), box_targets.float(), beta).sum(dim=1)
     return ce + torch.where(class_targets > 0, reg, torch.zeros_like(reg))
+
+
+@dataclass(frozen=True)
+class FastRCNNLoss:
+    """The Fast R-CNN head's losses on sampled RoIs: ``{prefix}_cls`` (log loss over K+1) and
+    ``{prefix}_reg`` (smooth L1 on the true class's deltas, or 1 - GIoU of the decoded box with
+    ``box_loss="giou"``).
+
+    With ``positive_weighting="box"`` each image's foreground RoIs are weighted so that every gt
+    box counts the same (:func:`box_balanced_example_weights`); background RoIs weigh 1.
+    """
+
+    smooth_l1_beta: float = 1.0
+    box_loss: str = "smooth_l1"
+    loss_weight_cls: float = 1.0
+    loss_weight_reg: float = 1.0
+    positive_weighting: str = "roi"
+
+    def __post_init__(self) -> None:
+        if self.positive_weighting not in ("roi", "box"):
+            raise ValueError(f"positive_weighting must be 'roi' or 'box', got {self.positive_weighting!r}")
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
+
+    def __call__(
+        self,
+        class_logits: Tensor,
+        box_deltas: Tensor,
+        sampled: Sequence[tuple[Tensor, Tensor, Tensor]],
+        coder: BoxCoder,
+        prefix: str = "roi",
+        weight: float = 1.0,
+    ) -> dict[str, Tensor]:
+        """Losses of one stage's outputs ([R, K+1], [R, 4(K+1)]) on its (rois, labels, matched gt
+        boxes) per image (foreground first), scaled by ``weight``."""
+        labels = [lab for _, lab, _ in sampled]
+        matched = [m for _, _, m in sampled]
+        labels_t = torch.cat(labels)
+        rois_t, matched_t = torch.cat([r for r, _, _ in sampled]), torch.cat(matched)
+        fg = (labels_t > 0).nonzero(as_tuple=True)[0]
+        deltas = box_deltas.view(len(labels_t), -1, 4)[fg, labels_t[fg]]
+        cls_w = box_w = None
+        if self.positive_weighting == "box":
+            parts = []
+            for lab, m in zip(labels, matched):  # per image: foreground RoIs come first
+                ids = torch.unique(m[: int((lab > 0).sum())], dim=0, return_inverse=True)[1]
+                parts.append(box_balanced_example_weights(ids, len(lab)))
+            cls_w = torch.cat(parts)
+            box_w = cls_w[fg]
+        targets = box_losses = None
+        if self.box_loss == "giou":
+            box_losses = giou_losses(coder.decode(deltas, rois_t[fg]), matched_t[fg])
+        else:
+            targets = coder.encode(rois_t[fg], matched_t[fg])
+        cls, reg = detection_losses(class_logits, labels_t, deltas, targets, beta=self.smooth_l1_beta,
+                                    class_weights=cls_w, box_weights=box_w, box_losses=box_losses)
+        return {f"{prefix}_cls": cls * self.loss_weight_cls * weight,
+                f"{prefix}_reg": reg * self.loss_weight_reg * weight}
+
+    def example_losses(self, class_logits: Tensor, box_deltas: Tensor, rois: Tensor, labels: Tensor,
+                       matched: Tensor, coder: BoxCoder) -> Tensor:
+        """[S] each RoI's log loss plus its smooth L1 when foreground: what hard mining ranks by
+        (smooth L1 whatever ``box_loss`` is)."""
+        deltas = box_deltas.view(len(labels), -1, 4)[torch.arange(len(labels), device=labels.device), labels]
+        targets = torch.zeros_like(deltas)
+        fg = labels > 0
+        targets[fg] = coder.encode(rois[fg], matched[fg]).to(targets.dtype)
+        return example_losses(class_logits, labels, deltas, targets, beta=self.smooth_l1_beta)

@@ -1,14 +1,17 @@
-"""RoI pooling for the Fast R-CNN head: each RoI's features on one map, P x P.
+"""RoI pooling for the Fast R-CNN head: each RoI's features, P x P, from one feature level.
 
-Shapes: N images, C channels, R RoIs in the batch, P x P output cells.
+Shapes: N images, C channels, R RoIs in the batch, P x P output cells; L feature levels.
 
 :class:`RoIPooler` wraps the paper's RoI pooling (quantised) and RoIAlign, optionally with
-context boxes (each RoI also pooled enlarged, :func:`scale_boxes_about_centre`).
+context boxes (each RoI also pooled enlarged, :func:`scale_boxes_about_centre`). With one level
+(the paper) every RoI is pooled from it; with several (FPN) each RoI is pooled from the level its
+size calls for, :func:`assign_levels`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,9 +19,23 @@ from torchvision.ops import roi_align, roi_pool
 
 from .sparse_roi_align import sparse_roi_align
 
+POOLERS = ("roi_pool", "roi_align")
+
+
+def assign_levels(boxes: Tensor, strides: Sequence[int], canonical_size: float = 224.0,
+                  canonical_stride: int = 16) -> Tensor:
+    """[R] index into ``strides`` of the level each box [R, 4] is pooled from (FPN, Lin et al.
+    2017, eq. 1): a box of ``canonical_size`` (sqrt of its area) goes to stride
+    ``canonical_stride``, each halving of the size one level finer, clamped to the levels given."""
+    size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    target = math.log2(canonical_stride) + torch.log2(size / canonical_size + 1e-6)
+    logs = torch.tensor([math.log2(s) for s in strides], device=boxes.device)
+    k = torch.floor(target).clamp(float(logs.min()), float(logs.max()))
+    return (k[:, None] == logs[None, :]).float().argmax(dim=1)
+
 
 class RoIPooler(nn.Module):
-    """RoI pooling (the paper; quantised) or RoIAlign on a single feature map of given stride.
+    """RoI pooling (the paper; quantised) or RoIAlign over feature levels of given strides.
 
     ``aligned`` (RoIAlign only): feature cell ``i`` sits at image coordinate ``(i + 0.5) * stride``
     (True, detectron2's choice) or ``i * stride`` (False, torchvision's default). Which one is right
@@ -39,20 +56,20 @@ class RoIPooler(nn.Module):
         self,
         kind: str,
         output_size: int,
-        stride: int,
+        strides: Mapping[str, int],
         sampling_ratio: int = 2,
         aligned: bool = True,
         context_scales: Sequence[float] = (),
     ) -> None:
         super().__init__()
-        if kind not in ("roi_pool", "roi_align"):
+        if kind not in POOLERS:
             raise ValueError(f"unknown pooler {kind!r}: use 'roi_pool' or 'roi_align'")
         if any(not s > 0 for s in context_scales):
             raise ValueError(f"context_scales must be positive, got {tuple(context_scales)}")
         self.context_scales = tuple(float(s) for s in context_scales)
         self.kind = kind
         self.output_size = (output_size, output_size)
-        self.spatial_scale = 1.0 / stride
+        self.strides = {k: int(v) for k, v in strides.items()}
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
@@ -61,52 +78,41 @@ class RoIPooler(nn.Module):
         """Pooled regions per RoI: the RoI and its context boxes (output channels = C x this)."""
         return 1 + len(self.context_scales)
 
-    def forward(
-        self, features: Tensor, boxes: Sequence[Tensor], feature_sizes: Sequence[tuple[int, int]] | None = None
-    ) -> Tensor:
-        """[R, C x num_regions, P, P]: the RoI's pooled features, then each context box's.
-
-        ``feature_sizes`` (h, w) per image: pool image i's RoIs from ``features[i, :, :h, :w]``
-        only, as if the image had not been padded into a batch (see :mod:`.padding`); ``None``:
-        from the whole map.
-        """
-        parts = [self._pool_images(features, boxes, feature_sizes)] + [
-            self._pool_images(features, [scale_boxes_about_centre(b, s) for b in boxes], feature_sizes)
-            for s in self.context_scales
-        ]
+    def forward(self, features: Mapping[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        """[R, C x num_regions, P, P]: the RoI's pooled features, then each context box's."""
+        levels = [k for k in self.strides]
+        if len(levels) == 1:
+            pool = lambda b: self._pool(features[levels[0]], b, self.strides[levels[0]])  # noqa: E731
+        else:
+            pool = lambda b: self._pool_levels(features, levels, b)  # noqa: E731
+        parts = [pool(boxes)] + [pool([scale_boxes_about_centre(b, s) for b in boxes]) for s in self.context_scales]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def _pool_images(
-        self, features: Tensor, boxes: Sequence[Tensor], feature_sizes: Sequence[tuple[int, int]] | None
-    ) -> Tensor:
-        h, w = features.shape[-2:]
-        if feature_sizes is None or all(e[0] >= h and e[1] >= w for e in feature_sizes):
-            return self._pool(features, boxes)
-        if self.kind == "roi_align" and self._sparse_ok(features):  # one product, limits per RoI
-            return sparse_roi_align(
-                features, [b.to(features.dtype) for b in boxes], self.output_size[0], self.spatial_scale,
-                self.sampling_ratio, aligned=self.aligned, feature_sizes=feature_sizes,
-            )
-        return torch.cat([
-            self._pool(features[i : i + 1, :, : e[0], : e[1]], [b])
-            for i, (b, e) in enumerate(zip(boxes, feature_sizes))
-        ])
+    def _pool_levels(self, features: Mapping[str, Tensor], levels: list[str], boxes: Sequence[Tensor]) -> Tensor:
+        """Each RoI from the level :func:`assign_levels` picks for it."""
+        flat = torch.cat(list(boxes))
+        image = torch.cat([torch.full((len(b),), i, device=flat.device) for i, b in enumerate(boxes)])
+        which = assign_levels(flat, [self.strides[k] for k in levels])
+        first = features[levels[0]]
+        out = first.new_zeros((len(flat), first.shape[1], *self.output_size))
+        for j, k in enumerate(levels):
+            idx = (which == j).nonzero(as_tuple=True)[0]
+            if len(idx):
+                rois = torch.cat((image[idx, None].to(flat.dtype), flat[idx]), dim=1)
+                out[idx] = self._pool(features[k], rois, self.strides[k]).to(out.dtype)
+        return out
 
-    def _pool(self, features: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+    def _pool(self, features: Tensor, boxes: Sequence[Tensor] | Tensor, stride: int) -> Tensor:
         if self.kind == "roi_pool" and features.dtype not in (torch.float32, torch.float64):
             features = features.float()  # torchvision has no reduced-precision roi_pool on CPU
-        boxes = [b.to(features.dtype) for b in boxes]
+        boxes = boxes.to(features.dtype) if isinstance(boxes, Tensor) else [b.to(features.dtype) for b in boxes]
+        scale = 1.0 / stride
         if self.kind == "roi_pool":
-            return roi_pool(features, boxes, self.output_size, self.spatial_scale)
+            return roi_pool(features, boxes, self.output_size, scale)
         if self._sparse_ok(features):
-            return sparse_roi_align(
-                features, boxes, self.output_size[0], self.spatial_scale, self.sampling_ratio,
-                aligned=self.aligned,
-            )
-        return roi_align(
-            features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio,
-            aligned=self.aligned,
-        )
+            return sparse_roi_align(features, boxes, self.output_size[0], scale, self.sampling_ratio,
+                                    aligned=self.aligned)
+        return roi_align(features, boxes, self.output_size, scale, self.sampling_ratio, aligned=self.aligned)
 
     def _sparse_ok(self, features: Tensor) -> bool:
         return (

@@ -2,8 +2,8 @@
 
 Shapes: R RoIs of one image, K object classes, M candidate boxes, D detections per image.
 
-Two steps, so that the candidates of several views of an image (test-time augmentation) can be
-pooled before the second:
+Two steps, so that the candidates of several views of an image (test-time augmentation,
+:mod:`.tta`) can be pooled before the second:
   * :func:`class_boxes`: softmax over K+1 classes, each class's box decoded from its own deltas
     and clipped; background dropped -> scores [R, K], boxes [R, K, 4];
   * :func:`select_detections`: drop scores below ``score_thresh`` and empty boxes, per-class NMS,
@@ -12,6 +12,7 @@ pooled before the second:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -60,12 +61,6 @@ def box_voting(
     return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
 
 
-def box_sizes(boxes: Tensor) -> Tensor:
-    """[...]: sqrt(width * height) of boxes [..., 4] (0 for empty ones)."""
-    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
-    return (wh[..., 0] * wh[..., 1]).sqrt()
-
-
 def flatten_candidates(scores: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One row per (candidate, class): scores [M*K], boxes [M*K, 4], labels [M*K] (1..K), from
     scores [M, K] and boxes [M, K, 4]."""
@@ -97,72 +92,19 @@ def select_detections(
     return {"boxes": kept, "labels": labels[keep], "scores": scores[keep]}
 
 
-def view_agreement_scores(
-    detections: dict[str, Tensor],
-    scores: Tensor,
-    boxes: Tensor,
-    views: Tensor,
-    num_views: int,
-    *,
-    score_thresh: float,
-    iou_thresh: float = 0.5,
-    view_max_box: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Detections rescored by how many test-time views agree with them, best first.
+@dataclass(frozen=True)
+class DetectionSelector:
+    """:func:`select_detections` with its settings bound: the detector's last step."""
 
-    ``scores`` [M, K] and ``boxes`` [M, K, 4] are the pooled candidates of all views (as for
-    :func:`select_detections`), ``views`` [M] the view each came from. Every candidate above
-    ``score_thresh`` is assigned to the detection of its class it overlaps most, if at IoU >=
-    ``iou_thresh``; a detection's support in a view is the best score assigned to it from that
-    view (0 if none), and its new score is the geometric mean of its own score and its mean
-    support over the ``num_views`` views. A box that one view alone scores high drops; one that
-    every view finds keeps its score. ``view_max_box`` [num_views], when given, is each view's
-    valid range (:func:`box_sizes` below it; inf: all): a detection's support is then averaged
-    over the views whose range holds it, so that a zoomed view meant for small objects neither
-    lowers nor raises the score of a large one.
-    """
-    det_boxes, det_labels, det_scores = detections["boxes"], detections["labels"], detections["scores"]
-    if len(det_boxes) == 0 or num_views < 2:
-        return detections
-    view_of = views.repeat_interleave(scores.shape[1])
-    flat_scores, flat_boxes, labels = flatten_candidates(scores, boxes)
-    keep = flat_scores > score_thresh
-    flat_scores, flat_boxes, labels, view_of = flat_scores[keep], flat_boxes[keep], labels[keep], view_of[keep]
-    iou = box_iou(det_boxes, flat_boxes)
-    iou = torch.where(det_labels[:, None] == labels[None, :], iou, torch.zeros((), dtype=iou.dtype))
-    best_iou, owner = iou.max(dim=0)  # the detection each candidate belongs to
-    assigned = best_iou >= iou_thresh
-    support = det_scores.new_zeros(len(det_boxes) * num_views)
-    slot = owner[assigned] * num_views + view_of[assigned]
-    support.scatter_reduce_(0, slot, flat_scores[assigned].to(support.dtype), reduce="amax")
-    support = support.view(-1, num_views)
-    if view_max_box is None:
-        mean = support.mean(dim=1)
-    else:
-        valid = box_sizes(det_boxes)[:, None] < view_max_box[None, :]
-        mean = (support * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
-    new = (det_scores * mean).sqrt()
-    order = new.argsort(descending=True)
-    return {"boxes": det_boxes[order], "labels": det_labels[order], "scores": new[order]}
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_img: int = 100
+    vote_iou: float = 0.0  # box voting after NMS (0 = off, the paper)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.vote_iou <= 1.0:
+            raise ValueError(f"vote_iou must be in [0, 1] (0 = no box voting), got {self.vote_iou}")
 
-def detect(
-    class_logits: Tensor,
-    box_deltas: Tensor,
-    rois: Sequence[Tensor],
-    image_sizes: Sequence[tuple[int, int]],
-    *,
-    coder: BoxCoder,
-    score_thresh: float,
-    nms_thresh: float,
-    detections_per_img: int,
-    vote_iou: float = 0.0,
-) -> list[dict[str, Tensor]]:
-    """Detections per image: {"boxes" [D, 4], "labels" [D] 1..K, "scores" [D]}, best first."""
-    return [
-        select_detections(
-            s, b, score_thresh=score_thresh, nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img, vote_iou=vote_iou,
-        )
-        for s, b in class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)
-    ]
+    def __call__(self, scores: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+        return select_detections(scores, boxes, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+                                 detections_per_img=self.detections_per_img, vote_iou=self.vote_iou)

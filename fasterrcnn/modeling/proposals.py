@@ -1,10 +1,11 @@
 """Turning RPN outputs into proposals (paper §3.1, "proposal layer").
 
-Shapes: N images, R anchors per image (all positions x A), P proposals kept per image.
+Shapes: N images, R anchors per image (all levels and positions x A), P proposals kept per image.
 
-Per image: decode all anchors, clip to the image, drop boxes smaller than ``min_size``, keep the
-``pre_nms_top_n`` highest-scoring, NMS at ``nms_thresh``, keep the ``post_nms_top_n`` best (in
-practice only the best-scored anchors are decoded, with the same result).
+Per image and feature level: decode the anchors, clip to the image, drop boxes smaller than
+``min_size``, keep the ``pre_nms_top_n`` highest-scoring (in practice only the best-scored anchors
+are decoded, with the same result). Then NMS at ``nms_thresh`` (within each level when there are
+several, as FPN detectors do) and keep the ``post_nms_top_n`` best of the image.
 Non-finite scores or boxes (a diverging network) are dropped, never passed on.
 """
 
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, nms, remove_small_boxes
 
 from .box_coding import BoxCoder
 
@@ -26,6 +27,7 @@ def select_proposals(
     image_sizes: Sequence[tuple[int, int]],
     *,
     coder: BoxCoder,
+    level_counts: Sequence[int] | None = None,
     pre_nms_top_n: int,
     post_nms_top_n: int,
     nms_thresh: float,
@@ -34,14 +36,25 @@ def select_proposals(
     """Proposals per image: (boxes [P, 4], objectness scores [P]), best first.
 
     ``anchors`` [R, 4] (shared by the batch), ``scores`` [N, R] objectness (any monotone score,
-    e.g. fg - bg logits), ``deltas`` [N, R, 4].
+    e.g. fg - bg logits), ``deltas`` [N, R, 4]; ``level_counts``: anchors of each level in order
+    (default: one level). ``pre_nms_top_n`` applies per level, ``post_nms_top_n`` per image.
     """
+    counts = list(level_counts) if level_counts is not None else [len(anchors)]
+    anchors_l = anchors.split(counts)
     out_boxes: list[Tensor] = []
     out_scores: list[Tensor] = []
     for i, size in enumerate(image_sizes):
-        boxes, s = _top_valid_boxes(anchors, scores[i].detach(), deltas[i].detach(), tuple(size),
-                                    coder=coder, top_n=pre_nms_top_n, min_size=min_size)
-        keep = nms(boxes.float(), s.float(), nms_thresh)[:post_nms_top_n]
+        parts = [
+            _top_valid_boxes(a, s, d, tuple(size), coder=coder, top_n=pre_nms_top_n, min_size=min_size)
+            for a, s, d in zip(anchors_l, scores[i].detach().split(counts), deltas[i].detach().split(counts))
+        ]
+        if len(parts) == 1:
+            boxes, s = parts[0]
+            keep = nms(boxes.float(), s.float(), nms_thresh)[:post_nms_top_n]
+        else:
+            boxes, s = torch.cat([b for b, _ in parts]), torch.cat([x for _, x in parts])
+            levels = torch.cat([torch.full((len(b),), k, device=b.device) for k, (b, _) in enumerate(parts)])
+            keep = batched_nms(boxes.float(), s.float(), levels, nms_thresh)[:post_nms_top_n]
         out_boxes.append(boxes[keep])
         out_scores.append(s[keep])
     return out_boxes, out_scores
@@ -82,10 +95,3 @@ def _top_valid_boxes(
 def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:
     """Append the ground-truth boxes to each image's proposals (training only)."""
     return [torch.cat((p, g.to(p.dtype)), dim=0) for p, g in zip(proposals, gt_boxes)]
-
-
-def best_iou(proposals: Tensor, gt_boxes: Tensor) -> Tensor:
-    """[P] highest IoU of each proposal with any gt box (0 when there is none)."""
-    if len(gt_boxes) == 0 or len(proposals) == 0:
-        return proposals.new_zeros(len(proposals))
-    return box_iou(gt_boxes, proposals).max(dim=0).values

@@ -1,7 +1,8 @@
 """Region Proposal Network (paper §3.1): a small network slid over the shared feature map.
 
-Shapes: N images, C x Hf x Wf feature map, A anchors per position, R = Hf * Wf * A anchors per
-image, G ground-truth boxes of an image.
+Shapes: N images; L feature levels, level l a C x Hl x Wl map; A anchors per position;
+R = sum_l Hl * Wl * A anchors per image (level by level, see :mod:`.anchors`); G ground-truth
+boxes of an image. The paper's model has one level; with several (FPN) one head is shared by all.
 
 Naming: ``objectness_logits`` [N, R, 2] (background, object) — the paper's 2k cls outputs as a
 two-class softmax; ``anchor_deltas`` [N, R, 4] — the 4k reg outputs.
@@ -10,7 +11,7 @@ two-class softmax; ``anchor_deltas`` [N, R, 4] — the 4k reg outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,6 @@ from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder
 from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, IGNORE, Matcher
-from .padding import cell_mask
 from .proposals import select_proposals
 from .sampling import Sampler
 
@@ -44,6 +44,7 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits [N, Hf * Wf * A, 2], deltas [N, Hf * Wf * A, 4]) of one level's map."""
         n, _, h, w = features.shape
         a = self.num_anchors
         t = torch.relu(self.conv(features))
@@ -67,7 +68,7 @@ class RPNOutput:
     anchors: Tensor  # [R, 4], shared by the batch (images are padded to one size)
     objectness_logits: Tensor  # [N, R, 2]
     anchor_deltas: Tensor  # [N, R, 4]
-    feature_size: tuple[int, int] = (0, 0)  # (Hf, Wf) of the map the anchors cover
+    level_counts: list[int]  # anchors of each level, in order (sum R)
 
 
 def label_anchors(
@@ -131,38 +132,34 @@ class RegionProposalNetwork(nn.Module):
         self.loss_weight_reg = loss_weight_reg
         self.positive_weighting = positive_weighting
 
-    def forward(self, features: Tensor) -> RPNOutput:
-        logits, deltas = self.head(features)
-        anchors = self.anchor_generator(tuple(features.shape[-2:]))
-        size = (int(features.shape[-2]), int(features.shape[-1]))
-        return RPNOutput(anchors.to(features.device), logits, deltas, size)
+    def forward(self, features: Mapping[str, Tensor]) -> RPNOutput:
+        """The head's outputs on every level of ``features`` the anchor generator knows."""
+        levels = self.anchor_generator.levels
+        outs = [self.head(features[k]) for k in levels]
+        anchors = self.anchor_generator({k: tuple(features[k].shape[-2:]) for k in levels})
+        device = features[levels[0]].device
+        if len(levels) == 1:
+            return RPNOutput(anchors[0].to(device), outs[0][0], outs[0][1], [len(anchors[0])])
+        return RPNOutput(
+            torch.cat(anchors).to(device),
+            torch.cat([o[0] for o in outs], dim=1),
+            torch.cat([o[1] for o in outs], dim=1),
+            [len(a) for a in anchors],
+        )
 
     def propose(
-        self,
-        out: RPNOutput,
-        image_sizes: Sequence[tuple[int, int]],
-        *,
-        training: bool,
-        feature_sizes: Sequence[tuple[int, int]] | None = None,
+        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], *, training: bool
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Proposals (boxes, objectness probabilities) per image with the train or test settings.
-
-        ``feature_sizes`` (h, w) per image: only anchors of cells inside that part of the map
-        take part, as if the image had not been padded into a batch (see :mod:`.padding`).
-        """
+        """Proposals (boxes, objectness probabilities) per image with the train or test settings."""
         s = self.train_settings if training else self.test_settings
         logits = out.objectness_logits.float()
-        objectness = logits[..., 1] - logits[..., 0]
-        if feature_sizes is not None:
-            hw = out.feature_size
-            inside = cell_mask(feature_sizes, hw, self.anchor_generator.num_anchors, objectness.device)
-            objectness = objectness.masked_fill(~inside, -torch.inf)
         boxes, scores = select_proposals(
             out.anchors,
-            objectness,
+            logits[..., 1] - logits[..., 0],
             out.anchor_deltas.float(),
             image_sizes,
             coder=self.coder,
+            level_counts=out.level_counts,
             pre_nms_top_n=s.pre_nms_top_n,
             post_nms_top_n=s.post_nms_top_n,
             nms_thresh=s.nms_thresh,
@@ -175,29 +172,19 @@ class RegionProposalNetwork(nn.Module):
         out: RPNOutput,
         image_sizes: Sequence[tuple[int, int]],
         gt_boxes: Sequence[Tensor],
-        feature_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """``rpn_cls`` (log loss over the sampled anchors) and ``rpn_reg`` (smooth L1).
 
         With ``positive_weighting="box"`` each image's positive anchors are weighted so that every
         gt box counts the same (:func:`box_balanced_weights`); negatives always weigh 1.
-        ``feature_sizes`` (h, w) per image: anchors of cells outside that part of the map are
-        ignored (they matter only with ``straddle_thresh=None``; otherwise they lie outside the
-        image and are ignored anyway).
         """
         balanced = self.positive_weighting == "box"
-        outside = None
-        if feature_sizes is not None:
-            outside = ~cell_mask(feature_sizes, out.feature_size, self.anchor_generator.num_anchors,
-                                 out.anchors.device)
         logits, labels, deltas, targets, weights = [], [], [], [], []
         for i, size in enumerate(image_sizes):
             gt = gt_boxes[i]
             matched = label_anchors(
                 out.anchors, gt, size, matcher=self.matcher, straddle_thresh=self.straddle_thresh
             )
-            if outside is not None:
-                matched = matched.masked_fill(outside[i], IGNORE)
             pos, neg = self.sampler(matched >= 0, matched == BACKGROUND)
             idx = torch.cat((pos, neg))
             logits.append(out.objectness_logits[i, idx])

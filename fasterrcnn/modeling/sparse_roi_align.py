@@ -54,14 +54,9 @@ def roi_align_matrix(
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
-    limits: Tensor | None = None,
 ) -> Tensor:
     """The sparse CSR matrix [R * P * P, N * H * W] of RoIAlign for ``rois`` [R, 5]
     (image index, x1, y1, x2, y2 in input pixels) on features of shape (N, H, W).
-
-    ``limits`` [R, 2] (h, w): each RoI samples only the top-left h x w part of its image's map,
-    with the border rules of a map that size (an image padded into a batch; see
-    :mod:`.padding`).
     """
     if sampling_ratio <= 0:
         raise ValueError(f"the sparse RoIAlign needs a fixed sampling_ratio > 0, got {sampling_ratio}")
@@ -83,10 +78,8 @@ def roi_align_matrix(
     xs = x1[:, None] + steps * (width / p)[:, None]
     # per axis: the two neighbours of every sample and their weights (1/s each: the mean over
     # the samples; 0 outside the map), then all 4 corners of all s x s samples of a bin at once
-    lim_h: int | Tensor = h if limits is None else limits[:, :1].long()
-    lim_w: int | Tensor = w if limits is None else limits[:, 1:].long()
-    y_lo, y_hi, y_wlo, y_whi, y_in = _axis(ys, lim_h)
-    x_lo, x_hi, x_wlo, x_whi, x_in = _axis(xs, lim_w)
+    y_lo, y_hi, y_wlo, y_whi, y_in = _axis(ys, h)
+    x_lo, x_hi, x_wlo, x_whi, x_in = _axis(xs, w)
     y_off = (image * (h * w))[:, None, None] + torch.stack((y_lo, y_hi), dim=-1) * w  # [R, P*S, 2]
     x_idx = torch.stack((x_lo, x_hi), dim=-1)
     y_wt = torch.stack((y_wlo, y_whi), dim=-1) * (y_in.to(rois.dtype) / s)[..., None]
@@ -144,24 +137,16 @@ def sparse_roi_align(
     spatial_scale: float,
     sampling_ratio: int = 2,
     aligned: bool = False,
-    feature_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """[R, C, P, P] RoIAlign of ``boxes`` (a [R, 5] tensor or one [R_i, 4] tensor per image) on
     ``features`` [N, C, H, W]; the same arguments and results as ``torchvision.ops.roi_align``.
-
-    ``feature_sizes`` (h, w) per image: image i's RoIs see only ``features[i, :, :h, :w]``, with
-    the same results as RoIAlign on that part alone.
     """
     rois = _as_rois(boxes).to(features.dtype)
     n, c, h, w = features.shape
     p = int(output_size)
     if rois.shape[0] == 0:
         return features.new_zeros((0, c, p, p)) + features.sum() * 0.0
-    limits = None
-    if feature_sizes is not None:
-        sizes = torch.as_tensor(list(feature_sizes), dtype=torch.int64, device=rois.device).reshape(-1, 2)
-        limits = sizes.minimum(torch.tensor([h, w], device=rois.device))[rois[:, 0].long()]
-    matrix = roi_align_matrix(rois, (n, h, w), p, spatial_scale, sampling_ratio, aligned, limits)
+    matrix = roi_align_matrix(rois, (n, h, w), p, spatial_scale, sampling_ratio, aligned)
     flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
     out = _SparseProduct.apply(matrix, flat)  # [R * P * P, C]
     return out.view(-1, p, p, c).permute(0, 3, 1, 2)

@@ -1,10 +1,13 @@
 """What every backbone provides, and loading ImageNet weights from a local file.
 
-Shapes: N images; the backbone maps [N, 3, H, W] to the shared map [N, C, H/s, W/s].
+Shapes: N images; a backbone maps [N, 3, H, W] to an ordered mapping of named levels, each
+[N, C, H/s, W/s]. Level ``p{k}`` has stride s = 2**k: the paper's stride-16 map is ``p4``, an FPN
+gives ``p2`` .. ``p6``. Levels come in increasing stride.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -15,8 +18,20 @@ class BackboneWeightsError(ValueError):
     """A backbone weights file is missing, unreadable or does not fit the architecture."""
 
 
+def level_name(stride: int) -> str:
+    """``p{k}`` for stride 2**k (``p4`` for 16)."""
+    k = int(round(math.log2(stride)))
+    if 2**k != stride:
+        raise ValueError(f"a feature level's stride must be a power of 2, got {stride}")
+    return f"p{k}"
+
+
 class Backbone(nn.Module):
-    """A conv net whose last shared map has ``out_channels`` channels at ``stride``.
+    """Conv layers whose feature levels have ``out_channels`` channels at ``strides``.
+
+    A single-map backbone (the paper's) sets ``out_channels`` and ``stride`` and implements
+    :meth:`map`; its one level is named after its stride. A multi-level backbone overrides
+    ``strides`` and ``forward``.
 
     ``box_head_state`` optionally carries pretrained fc6/fc7 weights (VGG's classifier) for the
     Fast R-CNN head; keys ``fc6.weight``, ``fc6.bias``, ``fc7.weight``, ``fc7.bias``.
@@ -24,14 +39,21 @@ class Backbone(nn.Module):
 
     out_channels: int
     stride: int
-    maskable: bool = True  # built from layers whose batch padding modeling/padding.py can mask
 
     def __init__(self) -> None:
         super().__init__()
         self.box_head_state: dict[str, Tensor] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    @property
+    def strides(self) -> dict[str, int]:
+        """{level name: stride}, in increasing stride."""
+        return {level_name(self.stride): self.stride}
+
+    def map(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {level_name(self.stride): self.map(x)}
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

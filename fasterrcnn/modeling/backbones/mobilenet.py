@@ -173,7 +173,6 @@ class MobileNetV2(Backbone):
         if not 0 <= frozen_stages <= len(STAGE_ENDS):
             raise ValueError(f"frozen_stages must be in 0..{len(STAGE_ENDS)}, got {frozen_stages}")
         self.stride = stride
-        self.maskable = stride == 16  # stride 8 folds space into the batch (space_to_batch)
         state = load_mobilenet_v2_state(weights) if weights is not None else None
         frozen_bn = state is not None if pretrained is None else pretrained
         norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
@@ -188,7 +187,7 @@ class MobileNetV2(Backbone):
         if frozen_stages:
             freeze([self.features[: STAGE_ENDS[frozen_stages - 1]]])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def map(self, x: Tensor) -> Tensor:
         if self.stride == 16:
             return self.features(x)
         first = _DILATED[0] + 1

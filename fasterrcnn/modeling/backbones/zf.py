@@ -39,5 +39,5 @@ class ZF(Backbone):
         if frozen_stages:
             freeze([self.features[: block_ends[frozen_stages - 1]]])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def map(self, x: Tensor) -> Tensor:
         return self.features(x)

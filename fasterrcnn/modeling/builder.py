@@ -1,0 +1,133 @@
+"""The one place where configs become modules: :func:`build_model` and :func:`build_predictor`.
+
+Every other module of :mod:`fasterrcnn.modeling` takes plain arguments; this one reads a
+:class:`~fasterrcnn.config.ModelConfig` and wires the parts of Figure 2 together.
+"""
+
+from __future__ import annotations
+
+from ..config import BackboneConfig, ConfigError, ModelConfig, TestAugConfig
+from .anchors import AnchorGenerator
+from .backbones import TINY_STRIDES, Backbone, MobileNetV2, Tiny, VGG16, ZF
+from .box_coding import BoxCoder
+from .cascade import CascadeRoIHeads, RefineStage
+from .faster_rcnn import FasterRCNN
+from .losses import FastRCNNLoss
+from .matching import Matcher
+from .pooler import RoIPooler
+from .postprocess import DetectionSelector
+from .roi_heads import BoxHead, BoxPredictor, RoIHeads
+from .roi_sampling import RoISampling
+from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
+from .sampling import HardExampleMiner, Sampler
+from .transform import InputTransform
+from .tta import TTAPredictor, inference_views, zoom_views
+
+BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2")
+
+
+def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
+    """The backbone ``cfg`` names. ``load_weights=False`` builds the same architecture (for a
+    pretrained config too) without reading ``cfg.weights``: for loading a checkpoint, which holds
+    every weight, on a machine where the ImageNet file is absent."""
+    weights = cfg.weights if load_weights else None
+    if cfg.name in ("vgg16", "zf"):
+        if cfg.stride != 16:
+            raise ConfigError(f"backbone {cfg.name} has stride 16, config says {cfg.stride}")
+        return (VGG16 if cfg.name == "vgg16" else ZF)(weights, cfg.frozen_stages)
+    if cfg.name == "tiny":
+        if cfg.stride not in TINY_STRIDES:
+            raise ConfigError(f"backbone tiny has stride 8 or 16, config says {cfg.stride}")
+        return Tiny(cfg.width, cfg.stride, weights, extra_convs=cfg.extra_convs)
+    if cfg.name == "mobilenet_v2":
+        if cfg.stride not in (8, 16):
+            raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
+        return MobileNetV2(weights, cfg.frozen_stages, cfg.stride, pretrained=cfg.weights is not None)
+    raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
+
+
+def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> FasterRCNN:
+    """The network a ModelConfig describes (random init unless backbone weights are given).
+
+    ``load_backbone_weights=False`` leaves ``cfg.backbone.weights`` unread (the architecture is
+    the same): for loading a checkpoint, whose state dict has every weight.
+    """
+    backbone = build_backbone(cfg.backbone, load_weights=load_backbone_weights)
+    strides = backbone.strides
+    a = cfg.anchors
+    anchors = AnchorGenerator({k: a.sizes for k in strides}, a.aspect_ratios, strides, a.offset)
+    r = cfg.rpn
+    rpn = RegionProposalNetwork(
+        RPNHead(backbone.out_channels, r.conv_channels or backbone.out_channels, anchors.num_anchors),
+        anchors,
+        matcher=Matcher(r.fg_iou_thresh, r.bg_iou_thresh, 0.0, r.allow_low_quality_matches),
+        sampler=Sampler(r.batch_size_per_image, r.positive_fraction),
+        coder=BoxCoder(r.box_weights),
+        train_settings=ProposalSettings(r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms_thresh, r.min_size),
+        test_settings=ProposalSettings(r.pre_nms_top_n_test, r.post_nms_top_n_test, r.nms_thresh, r.min_size),
+        straddle_thresh=r.straddle_thresh,
+        smooth_l1_beta=r.smooth_l1_beta,
+        loss_weight_cls=r.loss_weight_cls,
+        loss_weight_reg=r.loss_weight_reg,
+        positive_weighting=r.positive_weighting,
+    )
+    h = cfg.roi_head
+    pooler = RoIPooler(h.pooler, h.pool_size, strides, h.sampling_ratio, h.aligned, context_scales=h.context_scales)
+    in_features = backbone.out_channels * pooler.num_regions * h.pool_size**2
+    box_head = BoxHead(in_features, h.representation_size, h.dropout)
+    state = backbone.box_head_state  # pretrained fc6/fc7 (VGG), where the sizes fit
+    if state is not None and all(tuple(state[f"{n}.weight"].shape) == tuple(getattr(box_head, n).weight.shape)
+                                 for n in ("fc6", "fc7")):
+        box_head.load_state_dict(state)
+    parts = dict(
+        sampling=RoISampling(
+            Matcher(h.fg_iou_thresh, h.bg_iou_thresh_hi, h.bg_iou_thresh_lo, False),
+            Sampler(h.batch_size_per_image, h.positive_fraction),
+            add_gt_as_proposals=h.add_gt_as_proposals,
+            miner=HardExampleMiner(h.batch_size_per_image, h.hard_mining_nms) if h.hard_mining else None,
+        ),
+        loss=FastRCNNLoss(h.smooth_l1_beta, h.box_loss, h.loss_weight_cls, h.loss_weight_reg, h.positive_weighting),
+        selector=DetectionSelector(h.score_thresh, h.nms_thresh, h.detections_per_img, h.vote_iou),
+    )
+    predictor = BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg)
+    if h.cascade_ious:
+        stages = [
+            RefineStage(
+                BoxHead(in_features, h.representation_size, h.dropout),
+                BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg),
+                matcher=Matcher(iou, iou, 0.0, False),
+                coder=BoxCoder(tuple(w * k for w in h.box_weights)),
+                loss_weight=h.cascade_loss_weight ** (k - 1),
+            )
+            for k, iou in enumerate(h.cascade_ious, start=2)
+        ]
+        roi_heads: RoIHeads = CascadeRoIHeads(pooler, box_head, predictor, BoxCoder(h.box_weights),
+                                              stages=stages, **parts)
+    else:
+        roi_heads = RoIHeads(pooler, box_head, predictor, BoxCoder(h.box_weights), **parts)
+    i = cfg.input
+    transform = InputTransform(
+        min_size_train=i.min_size_train,
+        max_size_train=i.max_size_train,
+        min_size_test=i.min_size_test,
+        max_size_test=i.max_size_test,
+        pixel_mean=i.pixel_mean,
+        pixel_std=i.pixel_std,
+        size_divisible=i.size_divisible,
+    )
+    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes,
+                      channels_last=cfg.channels_last)
+
+
+def build_predictor(model: FasterRCNN, cfg: ModelConfig, *, test_aug: TestAugConfig | None = None,
+                    selector: DetectionSelector | None = None) -> TTAPredictor:
+    """The predictor the config's ``test_aug`` asks for (or ``test_aug``): no views = the model's
+    single pass. ``selector`` replaces the model's final selection (threshold, NMS, cap, voting)."""
+    aug = cfg.test_aug if test_aug is None else test_aug
+    i = cfg.input
+    views = ()
+    if aug.min_sizes or aug.hflip or aug.vflip or aug.transpose or aug.zoom_sizes:
+        views = inference_views(aug.min_sizes, aug.hflip, i.min_size_test, i.max_size_test,
+                                vflip=aug.vflip, transpose=aug.transpose)
+    views += zoom_views(aug.zoom_sizes, aug.zoom_max_box, i.min_size_test, i.max_size_test)
+    return TTAPredictor(model, views, aug.score_fusion, selector)
