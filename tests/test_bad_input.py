@@ -434,8 +434,9 @@ def test_kind_36_divergence_keeps_a_good_checkpoint_and_logs(tmp_path, caplog):
     import warnings
 
     from fasterrcnn.config import override
-    from fasterrcnn.engine import trainer
     from fasterrcnn.engine.checkpoint import load_checkpoint
+    from fasterrcnn.engine.guard import TrainingDiverged
+    from fasterrcnn.engine.trainer import train_joint
     from fasterrcnn.presets import preset
 
     class Model(torch.nn.Module):
@@ -469,11 +470,10 @@ def test_kind_36_divergence_keeps_a_good_checkpoint_and_logs(tmp_path, caplog):
         "model.num_classes": 1, "train.max_iter": 20, "train.checkpoint_period": 2, "train.max_bad_steps": 3,
         "train.images_per_batch": 1, "train.num_workers": 0, "train.eval_period": 0, "train.ema_decay": 0.0,
     })
-    train = getattr(trainer, "train_joint", None) or trainer.train
     with warnings.catch_warnings(record=True) as raw, caplog.at_level("WARNING", logger="fasterrcnn.train"):
         warnings.simplefilter("always")
-        with pytest.raises(trainer.TrainingDiverged, match="iteration 2"):
-            train(cfg, Data(), out_dir=tmp_path, classes=("cat",), model=Model(), progress=False)
+        with pytest.raises(TrainingDiverged, match="iteration 2"):
+            train_joint(cfg, Data(), out_dir=tmp_path, classes=("cat",), model=Model(), progress=False)
     assert not [w for w in raw if "non-finite" in str(w.message)]  # logged, not Python warnings
     assert sum("non-finite" in r.getMessage() for r in caplog.records) == 3
     ckpt = load_checkpoint(tmp_path / "last.pt")

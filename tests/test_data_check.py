@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from fasterrcnn.data.check import (
-    PROBLEM_KINDS, CheckReport, check_dataset, prepare_dataset, sanitize,
-)
+from fasterrcnn.data.check import check_dataset, prepare_dataset
+from fasterrcnn.data.check_report import CheckReport, sanitize
 from fasterrcnn.data.dataset import Annotation, DataError
 from fasterrcnn.data.images import ImageReader
+from fasterrcnn.data.problems import PROBLEM_KINDS
 
 from helpers import MemoryDataset
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fasterrcnn.data.check import MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS
+from fasterrcnn.data.problems import MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS
 from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
 from fasterrcnn.data.export import export_coco

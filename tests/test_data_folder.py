@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fasterrcnn.data.check import (
+from fasterrcnn.data.problems import (
     BOX_OUTSIDE, CORRUPT_IMAGE, DEGENERATE_BOX, MALFORMED, UNKNOWN_CLASS,
 )
 from fasterrcnn.data.dataset import DataError, DetectionDataset

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fasterrcnn.data.check import EMPTY_ANNOTATION, MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS
+from fasterrcnn.data.problems import EMPTY_ANNOTATION, MALFORMED, MISSING_IMAGE, UNKNOWN_CLASS
 from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
 from fasterrcnn.data.export import export_voc, voc_box
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset

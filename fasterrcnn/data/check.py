@@ -15,14 +15,14 @@ For training with ``--on-bad-data error|skip`` use :func:`prepare_dataset`: ``er
 DataError whose message is the full report; ``skip`` returns a view without the bad images and
 boxes (:func:`sanitize`), logging one warning per dropped item.
 
-Problem kinds: see :data:`PROBLEM_KINDS`. A :class:`Problem` with ``index`` set concerns image
+Problem kinds: see :data:`~fasterrcnn.data.problems.PROBLEM_KINDS`. A :class:`Problem` with ``index`` set concerns image
 ``index`` of the dataset as it stands (``obj`` set: object ``obj`` of ``dataset.annotation(index)``;
 ``obj`` unset: the whole image); reader problems have ``index=None`` because the reader already
 left the bad part out.
 
 The report itself (statistics, anchor coverage, the text) and :func:`sanitize` live in
-:mod:`fasterrcnn.data.check_report`; :class:`CheckReport`, :class:`SanitizedDataset` and
-:func:`sanitize` can be imported from here too.
+:mod:`fasterrcnn.data.check_report`; the problem kinds, :class:`Problem` and the helpers the
+readers share in :mod:`fasterrcnn.data.problems`.
 """
 
 from __future__ import annotations
@@ -32,25 +32,17 @@ from pathlib import Path
 from typing import Sequence
 
 from fasterrcnn.config import AnchorConfig, InputConfig
-from fasterrcnn.data.check_report import (  # SanitizedDataset: re-exported
-    CheckReport, SanitizedDataset, build_report, sanitize,
-)
+from fasterrcnn.data.check_report import CheckReport, build_report, sanitize
 from fasterrcnn.data.dataset import Annotation, DataError, DetectionDataset
-from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample, mismatch_message
-from fasterrcnn.data.problems import (  # re-exported: the kinds and helpers readers share
-    BOX_OUTSIDE, BOX_TOLERANCE, CORRUPT_IMAGE, DEGENERATE_BOX, EMPTY_ANNOTATION, IMAGE_EXTENSIONS,
-    MALFORMED, MISSING_ANNOTATION, MISSING_IMAGE, PROBLEM_KINDS, SIZE_MISMATCH, TOO_LARGE_IMAGE,
-    UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issue, box_issues, collect_notes,
-    collect_problems, find_image, stem_candidates,
+from fasterrcnn.data.images import DEFAULT_READER, ImageReader, mismatch_message
+from fasterrcnn.data.problems import (
+    BOX_TOLERANCE, CORRUPT_IMAGE, MALFORMED, MISSING_IMAGE, SIZE_MISMATCH, UNKNOWN_CLASS, Problem,
+    ProblemError, box_issues, collect_notes, collect_problems,
 )
 
 __all__ = [
-    "BOX_OUTSIDE", "BOX_TOLERANCE", "CORRUPT_IMAGE", "DEGENERATE_BOX", "EMPTY_ANNOTATION",
-    "IMAGE_EXTENSIONS", "MALFORMED", "MISSING_ANNOTATION", "MISSING_IMAGE", "PROBLEM_KINDS",
-    "SIZE_MISMATCH", "TOO_LARGE_IMAGE", "UNKNOWN_CLASS", "CheckReport", "Problem", "ProblemLog",
-    "SanitizedDataset", "box_issue", "box_issues", "check_dataset", "check_image_file",
-    "collect_problems", "count_objects", "find_image", "load_sample", "open_dataset",
-    "prepare_dataset", "read_image_size", "sanitize", "stem_candidates",
+    "ON_BAD_DATA", "check_dataset", "check_image_file", "count_objects", "open_dataset",
+    "prepare_dataset", "read_image_size",
 ]
 
 logger = logging.getLogger("fasterrcnn.data")

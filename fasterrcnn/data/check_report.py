@@ -1,6 +1,6 @@
 """The result of a dataset check: :class:`CheckReport`, and what acts on it.
 
-:class:`CheckReport` holds every :class:`~fasterrcnn.data.check.Problem` that
+:class:`CheckReport` holds every :class:`~fasterrcnn.data.problems.Problem` that
 :func:`~fasterrcnn.data.check.check_dataset` found, plus statistics (images, objects, counts per
 class, box sizes and shapes) and how well the anchors cover the boxes (with suggested anchors);
 :meth:`CheckReport.format` writes it as readable text. :func:`build_report` computes the
