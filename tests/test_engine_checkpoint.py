@@ -16,16 +16,16 @@ from fasterrcnn.engine.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
-    capture_rng_state,
     check_compatible,
     check_config_unedited,
     export_weights,
     load_checkpoint,
     load_state_strict,
     remove_stale_temp_files,
-    restore_rng_state,
     save_checkpoint,
 )
+from fasterrcnn.engine.checkpoint_config import config_differences, covered
+from fasterrcnn.engine.rng_state import capture_rng_state, restore_rng_state
 from fasterrcnn.engine.lr_schedule import StepWarmupScheduler
 from test_engine_trainer import CLASSES, TinyDetector, toy_config
 
@@ -125,7 +125,7 @@ def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path: Path) -> Non
         assert "weights_only" not in str(info.value)  # never the advice to load unsafely
 
 
-def test_edited_config_is_found_when_weights_still_fit(tmp_path: Path) -> None:
+def test_edited_config_is_found_when_weights_still_fit(tmp_path: Path, caplog) -> None:
     path = save_checkpoint(tmp_path / "a.pt", full_checkpoint())
     ckpt = load_checkpoint(path)
     ckpt["config"]["model"]["anchors"]["sizes"] = [7, 9, 11]
@@ -134,9 +134,27 @@ def test_edited_config_is_found_when_weights_still_fit(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"(?s)edited after it was written.*model.anchors.sizes"):
         check_config_unedited(load_checkpoint(edited), edited)
     ckpt = load_checkpoint(path)
-    ckpt["config"]["train"]["max_iter"] = 5  # an operational key: allowed
+    ckpt["config"]["train"]["max_iter"] = 5  # an operational key: allowed, and logged
     torch.save(ckpt, edited)
-    assert load_checkpoint(edited)["config"]["train"]["max_iter"] == 5
+    with caplog.at_level("WARNING", logger="fasterrcnn"):
+        check_config_unedited(load_checkpoint(edited), edited)
+    assert "train.max_iter: written 10, now 5" in caplog.text
+    ckpt["config_as_written"] = "{not json"
+    with pytest.raises(CheckpointError, match="'config_as_written' entry is damaged"):
+        check_config_unedited(ckpt, edited)
+    del ckpt["config_as_written"]  # written before the copy was kept: nothing to compare with
+    ckpt["config"]["model"]["anchors"]["sizes"] = [7, 9, 11]
+    check_config_unedited(ckpt, edited)
+
+
+def test_config_differences_on_dotted_keys() -> None:
+    a = {"model": {"anchors": {"sizes": (8, 16)}, "num_classes": 2}, "train": {"lr": 0.1}}
+    b = {"model": {"anchors": {"sizes": [8, 16]}, "num_classes": 3}, "train": {}, "extra": 1}
+    assert config_differences(a, b) == {"extra": (None, 1), "model.num_classes": (2, 3),
+                                        "train.lr": (0.1, None)}
+    assert config_differences(a, a) == {}
+    assert covered("train.lr", ["train"]) and covered("train.lr", ["train.lr"])
+    assert not covered("train.lr_steps", ["train.lr"]) and not covered("train", ["train.lr"])
 
 
 def test_check_compatible_lists_differences(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe (``weights_only``) loading, RNG capture, compatibility checks.
+"""Checkpoints: atomic writes, safe (``weights_only``) loading, building the model a file describes.
 
 A full training checkpoint (``DIR/last.pt``) is a plain dict::
 
@@ -17,43 +17,41 @@ Writes are atomic: the file is written to a temporary name in the same directory
 fsync'ed, then renamed over the target with :func:`os.replace`. A process killed mid-write leaves
 the previous checkpoint intact (and at worst a stale ``.NAME.*.tmp`` file, see
 :func:`remove_stale_temp_files`).
+
+Which config differences a checkpoint tolerates (an edited config, a resume with another config)
+is decided in :mod:`fasterrcnn.engine.checkpoint_config`; :func:`check_config_unedited` and
+:func:`check_compatible` here raise :class:`CheckpointError` on the ones that matter. The RNG
+state stored in training checkpoints is :mod:`fasterrcnn.engine.rng_state`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
-import random
 import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import Config, ConfigError, from_dict, to_dict
+from .checkpoint_config import (
+    EDITABLE_KEYS,
+    RESUME_FREE_KEYS,
+    WRITTEN_CONFIG_KEY,
+    covered,
+    edits_since_written,
+    resume_differences,
+    written_config,
+)
 
 FORMAT = "fasterrcnn-checkpoint"
 VERSION = 1
 _REQUIRED = ("format", "version", "config", "classes", "model")
 _TRAINING_KEYS = ("iteration", "optimizer", "scheduler", "sampler", "rng")
-
-# Config keys that may differ between a checkpoint and the config used to resume it: they change
-# how a run is operated, not what it computes (``max_iter`` may be raised to extend a run).
-RESUME_FREE_KEYS = (
-    "train.max_iter",
-    "train.num_workers",
-    "train.log_period",
-    "train.checkpoint_period",
-    "train.eval_period",
-    "train.max_bad_steps",
-    "model.backbone.weights",  # the ImageNet init is irrelevant once weights are in the checkpoint
-    "model.test_aug",  # test-time views and score fusion: no effect on training
-)
 
 
 class CheckpointError(ValueError):
@@ -61,12 +59,6 @@ class CheckpointError(ValueError):
 
 
 log = logging.getLogger("fasterrcnn")
-
-# The config as written, kept beside the editable "config" so that an edit made afterwards
-# (say, anchor sizes changed while the weights still fit) is found when the file is loaded.
-WRITTEN_CONFIG_KEY = "config_as_written"
-# Keys of the config that may be edited in a checkpoint without changing what its weights mean.
-EDITABLE_KEYS = RESUME_FREE_KEYS + ("model.roi_head.score_thresh", "model.roi_head.detections_per_img")
 
 
 # --------------------------------------------------------------------------- writing / reading
@@ -79,7 +71,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     state = dict(state)
     if "config" in state and WRITTEN_CONFIG_KEY not in state:
-        state[WRITTEN_CONFIG_KEY] = json.dumps(state["config"], sort_keys=True)
+        state[WRITTEN_CONFIG_KEY] = written_config(state["config"])
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as f:
@@ -200,19 +192,14 @@ def check_config_unedited(ckpt: Mapping[str, Any], path: str | os.PathLike = "<c
     that changes what the weights mean (anchors, backbone, input size, ...: everything but
     :data:`EDITABLE_KEYS`); an edit of an editable key is logged. Files written before the
     written copy was kept pass unchecked."""
-    written = ckpt.get(WRITTEN_CONFIG_KEY)
-    if not isinstance(written, str):
-        return
     try:
-        original = json.loads(written)
+        diffs = edits_since_written(ckpt)
     except ValueError:
         raise CheckpointError(f"{path}: checkpoint's {WRITTEN_CONFIG_KEY!r} entry is damaged") from None
-    diffs = config_differences(original, ckpt["config"])
     if not diffs:
         return
     lines = [f"{k}: written {old!r}, now {new!r}" for k, (old, new) in diffs.items()]
-    bad = [ln for k, ln in zip(diffs, lines)
-           if not any(k == f or k.startswith(f + ".") for f in EDITABLE_KEYS)]
+    bad = [ln for k, ln in zip(diffs, lines) if not covered(k, EDITABLE_KEYS)]
     if bad:
         raise CheckpointError(
             f"{path}: the config in this checkpoint was edited after it was written, in key(s) "
@@ -306,31 +293,7 @@ def load_state_strict(
     model.load_state_dict(state, strict=True)
 
 
-# --------------------------------------------------------------------------- config compatibility
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(data, tuple):
-        data = list(data)
-    return {prefix: data}
-
-
-def config_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (value in a, value in b)}`` for every key where two config dicts differ."""
-    fa, fb = _flatten(a), _flatten(b)
-    keys = sorted(set(fa) | set(fb))
-    missing = object()
-    out = {}
-    for k in keys:
-        va, vb = fa.get(k, missing), fb.get(k, missing)
-        if va != vb:
-            out[k] = (None if va is missing else va, None if vb is missing else vb)
-    return out
+# --------------------------------------------------------------------------- config checks
 
 
 def check_compatible(
@@ -345,17 +308,8 @@ def check_compatible(
     may name keys or key prefixes such as ``"train.lr"``). Returns the tolerated differences
     as ``"key: old -> new"`` lines (to be logged)."""
     free = tuple(RESUME_FREE_KEYS) + tuple(allow)
-
-    def tolerated(key: str) -> bool:
-        return any(key == f or key.startswith(f + ".") for f in free)
-
-    old = ckpt["config"]
-    try:  # fields added since the checkpoint was written take their defaults (the old behaviour)
-        old = to_dict(from_dict(Config, old))
-    except ConfigError:
-        pass  # e.g. a key this version does not know: compare as written, the difference is reported
-    diffs = config_differences(old, to_dict(cfg))
-    bad = {k: v for k, v in diffs.items() if not tolerated(k)}
+    diffs = resume_differences(ckpt["config"], cfg)
+    bad = {k: v for k, v in diffs.items() if not covered(k, free)}
     if bad:
         lines = "\n".join(f"  {k}: checkpoint={old!r}, now={new!r}" for k, (old, new) in bad.items())
         raise CheckpointError(
@@ -363,55 +317,3 @@ def check_compatible(
             "Resume with the checkpoint's config (or start a new run in another directory)."
         )
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in diffs.items()]
-
-
-# --------------------------------------------------------------------------- RNG state
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """All RNG states (torch CPU, CUDA, numpy, python) as ``weights_only``-loadable values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        # only when CUDA is in use: capturing must not create CUDA contexts for a CPU run
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state` (CUDA states restored when the device count fits)."""
-    torch.set_rng_state(state["torch"].to(torch.uint8))
-    cuda = list(state.get("cuda") or [])
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([c.to(torch.uint8) for c in cuda])
-    npst = state["numpy"]
-    np.random.set_state(
-        (
-            npst["kind"],
-            npst["keys"].numpy().astype(np.uint32),
-            int(npst["pos"]),
-            int(npst["has_gauss"]),
-            float(npst["cached_gaussian"]),
-        )
-    )
-    py = state["python"]
-    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
-
-
-def resolve_resume(resume: str | os.PathLike | None, last: Path) -> Path | None:
-    """The checkpoint to resume from: ``None`` (start afresh), ``"auto"`` (``last`` if it exists)
-    or a path."""
-    if resume is None:
-        return None
-    if str(resume) == "auto":
-        return last if last.is_file() else None
-    return Path(resume)

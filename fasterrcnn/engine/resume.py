@@ -26,10 +26,19 @@ from .checkpoint import (
     is_training_checkpoint,
     load_checkpoint,
     load_state_strict,
-    resolve_resume,
-    restore_rng_state,
 )
+from .rng_state import restore_rng_state
 from .runtime import seed_everything
+
+
+def resolve_resume(resume: str | os.PathLike | None, last: Path) -> Path | None:
+    """The checkpoint to resume from: ``None`` (start afresh), ``"auto"`` (``last`` if it exists)
+    or a path."""
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return last if last.is_file() else None
+    return Path(resume)
 
 
 def read_resume_checkpoint(

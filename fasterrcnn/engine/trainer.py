@@ -59,19 +59,13 @@ from torch import nn
 from ..config import Config, ConfigError, to_dict
 from ..data.loader import build_train_loader
 from . import distributed as dist_utils
-from .checkpoint import (
-    capture_rng_state,
-    export_weights,
-    load_state_strict,
-    remove_stale_temp_files,
-    restore_rng_state,
-    save_checkpoint,
-)
+from .checkpoint import export_weights, load_state_strict, remove_stale_temp_files, save_checkpoint
 from .guard import keep_good_checkpoint, keep_previous, previous_path
 from .guard import NonFiniteGuard, check_finite_weights
 from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
 from .resume import read_resume_checkpoint, restore_optimisation, restore_rng, sampler_start, training_state
+from .rng_state import capture_rng_state, restore_rng_state
 from .runtime import _Determinism, enable_determinism, resolve_device, seed_everything
 from .step import (
     ProposalFn,
@@ -140,7 +134,7 @@ def train_joint(
 
     ``resume``: None (fresh run), ``"auto"`` (``out_dir/last.pt`` if it exists) or a checkpoint
     path; its config must match ``cfg`` except operational keys
-    (:data:`~fasterrcnn.engine.checkpoint.RESUME_FREE_KEYS`) and ``allow_config_changes``
+    (:data:`~fasterrcnn.engine.checkpoint_config.RESUME_FREE_KEYS`) and ``allow_config_changes``
     (e.g. ``["train.lr"]`` to resume a diverged run with a lower learning rate).
     ``model``: a prebuilt module with ``loss(images, targets)`` (default ``build_model(cfg.model)``).
     ``stages`` / ``proposal_fn``: train only some losses / on given proposals (see the module
