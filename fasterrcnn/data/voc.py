@@ -34,14 +34,14 @@ logged warning (``unknown_classes="skip"``).
 Problems (malformed XML, empty file, missing image, bad box, unknown class) raise DataError
 naming the file and object in strict mode; with ``strict=False`` they are collected in
 ``problems`` and the bad object / image is left out (see :mod:`fasterrcnn.data.check`).
+
+One XML file is parsed by :mod:`fasterrcnn.data.voc_xml`; the flat folder's XMLs and its images
+without an XML are found by :mod:`fasterrcnn.data.voc_flat`.
 """
 
 from __future__ import annotations
 
-import math
-import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -51,10 +51,13 @@ import torch
 from fasterrcnn.data.dataset import Annotation, DataError
 from fasterrcnn.data.images import DEFAULT_READER, ImageReader, load_sample
 from fasterrcnn.data.problems import (
-    EMPTY_ANNOTATION, IMAGE_EXTENSIONS, MALFORMED, MISSING_ANNOTATION, MISSING_IMAGE,
-    UNKNOWN_CLASS, Problem, ProblemError, ProblemLog, box_issues, find_image,
-    stem_candidates,
+    MISSING_ANNOTATION, MISSING_IMAGE, UNKNOWN_CLASS, Problem, ProblemError, ProblemLog,
+    box_issues, find_image, stem_candidates,
 )
+from fasterrcnn.data.voc_flat import (
+    UNANNOTATED_MODES, ImageEntry, flat_annotation_files, unannotated_images,
+)
+from fasterrcnn.data.voc_xml import VOCRecord, parse_voc_xml
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -63,123 +66,6 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 UNKNOWN_CLASS_MODES = ("error", "skip")
-UNANNOTATED_MODES = ("skip", "negative", "error")
-
-
-@dataclass
-class VOCObject:
-    """One ``<object>`` as read from the XML (box already in continuous xyxy)."""
-
-    name: str
-    box: tuple[float, float, float, float]
-    difficult: bool = False
-    truncated: bool = False
-    pose: str = "Unspecified"
-
-
-@dataclass
-class VOCRecord:
-    """One parsed annotation file."""
-
-    xml: Path
-    filename: str | None
-    path: str | None  # <path> (LabelImg writes the absolute image path)
-    width: int | None  # from <size>, None when missing or not positive
-    height: int | None
-    objects: list[VOCObject] = field(default_factory=list)
-
-
-def _text(el: ET.Element, tag: str) -> str | None:
-    t = el.findtext(tag)
-    return t.strip() if t is not None else None
-
-
-def _positive_int(text: str | None) -> int | None:
-    try:
-        v = float(text) if text is not None else 0.0
-    except ValueError:
-        return None
-    return int(round(v)) if math.isfinite(v) and v >= 1 else None
-
-
-def _flag(text: str | None) -> bool | None:
-    """VOC 0/1 flags; None when unreadable."""
-    if text is None or text == "":
-        return False
-    t = text.strip().lower()
-    if t in ("true", "yes"):
-        return True
-    if t in ("false", "no"):
-        return False
-    try:
-        return float(t) != 0.0
-    except ValueError:
-        return None
-
-
-def parse_voc_xml(xml: Path, log: ProblemLog) -> VOCRecord | None:
-    """Parse one VOC XML; problems go to ``log``. None when the file cannot be used at all;
-    bad objects are left out of the record."""
-    try:
-        data = xml.read_bytes()
-    except OSError as exc:
-        log.add(xml, f"cannot read annotation file ({exc})", MALFORMED)
-        return None
-    if not data.strip():
-        log.add(xml, "empty annotation file", EMPTY_ANNOTATION)
-        return None
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        log.add(xml, f"malformed XML ({exc})", MALFORMED, line=exc.position[0])
-        return None
-    if root.tag != "annotation":
-        log.add(xml, f"not a VOC annotation: root element is <{root.tag}>, expected <annotation>",
-                MALFORMED)
-        return None
-    size = root.find("size")
-    rec = VOCRecord(
-        xml=xml,
-        filename=_text(root, "filename") or None,
-        path=_text(root, "path") or None,
-        width=_positive_int(_text(size, "width")) if size is not None else None,
-        height=_positive_int(_text(size, "height")) if size is not None else None,
-    )
-    for k, obj in enumerate(root.findall("object")):
-        name = _text(obj, "name")
-        where = f"object {k}" + (f" ({name!r})" if name else "")
-        if not name:
-            log.add(xml, f"{where}: missing <name>", MALFORMED)
-            continue
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            log.add(xml, f"{where}: missing <bndbox>", MALFORMED)
-            continue
-        coords: list[float] = []
-        for tag in ("xmin", "ymin", "xmax", "ymax"):
-            text = _text(bndbox, tag)
-            try:
-                coords.append(float(text))  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                shown = "missing" if text is None else f"{text!r}, not a number"
-                log.add(xml, f"{where}: <{tag}> is {shown}", MALFORMED)
-                break
-        if len(coords) < 4:
-            continue
-        difficult = _flag(_text(obj, "difficult"))
-        if difficult is None:
-            log.add(xml, f"{where}: <difficult> is {_text(obj, 'difficult')!r}, expected 0 or 1",
-                    MALFORMED)
-            continue
-        xmin, ymin, xmax, ymax = coords
-        rec.objects.append(VOCObject(
-            name=name,
-            box=(xmin - 1.0, ymin - 1.0, xmax, ymax),
-            difficult=difficult,
-            truncated=bool(_flag(_text(obj, "truncated"))),
-            pose=_text(obj, "pose") or "Unspecified",
-        ))
-    return rec
 
 
 def _split_ids(root: Path, split: str) -> tuple[Path, list[str]]:
@@ -251,16 +137,11 @@ class VOCDataset:
             image_folder = root / "JPEGImages"
         else:
             self.layout = "flat"
-            xmls = sorted(root.glob("*.xml"))
+            xmls = flat_annotation_files(root)
             ids = [p.stem for p in xmls]
             image_folder = root
-            if not xmls:
-                years = sorted(p.name for p in root.glob("VOC*") if (p / "Annotations").is_dir())
-                hint = (f"; it looks like a VOCdevkit folder, use {root / years[0]}" if years
-                        else "; expected Annotations/ (devkit year folder) or *.xml beside images")
-                raise DataError(f"{root}: no VOC annotations found{hint}")
 
-        records: list[tuple[str, VOCRecord, Path, int, int]] = []
+        records: list[ImageEntry] = []
         for id_, xml in zip(ids, xmls):
             if not xml.is_file():
                 log.add(xml, f"annotation file not found (image id {id_!r} of split "
@@ -285,7 +166,10 @@ class VOCDataset:
                     continue
             records.append((id_, rec, image, h, w))
         if self.layout == "flat":
-            records += self._unannotated(root, {r[2].resolve() for r in records}, unannotated, log)
+            extra, notes = unannotated_images(
+                root, {r[2].resolve() for r in records}, unannotated, log, images)
+            records += extra
+            self.notes += notes
 
         if classes is None:
             names = sorted({o.name for _, rec, _, _, _ in records for o in rec.objects})
@@ -334,43 +218,6 @@ class VOCDataset:
             self.xml_files.append(rec.xml)
             self.image_files.append(image)
         self.problems: list[Problem] = log.problems
-
-    def _unannotated(
-        self, root: Path, used: set[Path], mode: str, log: ProblemLog
-    ) -> list[tuple[str, VOCRecord, Path, int, int]]:
-        """Images of a flat folder that no XML names: left out, used as negatives, or problems."""
-        lonely = sorted(p for p in root.iterdir()
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                        and p.resolve() not in used and not p.with_suffix(".xml").is_file())
-        if not lonely:
-            return []
-        names = ", ".join(p.name for p in lonely[:5]) + (", ..." if len(lonely) > 5 else "")
-        other = "--unannotated-images negative uses them as images with no objects (LabelImg " \
-                "writes no XML for an image without boxes), error refuses them"
-        if mode == "error":
-            for p in lonely:
-                log.add(p, f"no annotation file: no XML in {root} names this image (pass "
-                        "--unannotated-images skip to leave such images out, or negative to use "
-                        "them as images with no objects)", MISSING_ANNOTATION)
-            return []
-        if mode == "skip":
-            note = (f"{root}: {len(lonely)} image(s) without an XML left out as not annotated "
-                    f"yet ({names}); {other}")
-            self.notes.append(note)
-            return []
-        out = []
-        for p in lonely:
-            try:
-                h, w = self.image_reader.size(p)
-            except ProblemError as exc:
-                log.add(p, exc.problem.message, exc.problem.kind)
-                continue
-            out.append((p.stem, VOCRecord(xml=p.with_suffix(".xml"), filename=p.name, path=None, width=w, height=h),
-                        p, h, w))
-        note = (f"{root}: {len(lonely)} image(s) without an XML used as images with no objects "
-                f"({names}; --unannotated-images negative)")
-        self.notes.append(note)
-        return out
 
     def __len__(self) -> int:
         return len(self._annotations)
