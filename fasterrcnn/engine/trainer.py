@@ -1,46 +1,15 @@
-"""The training loop (approximate joint training, the paper's end-to-end scheme).
+"""The training loop: approximate joint training, the paper's end-to-end scheme.
 
-One iteration: take a batch from the grouped sampler (:mod:`fasterrcnn.data.loader`), compute
-``model.loss(images, targets)`` (RPN + Fast R-CNN losses; the total is their sum), back-propagate
-through everything at once (proposal coordinates are treated as constants: *approximate* joint
-training), and take an SGD step with momentum at the step-schedule learning rate.
+:func:`train_joint` sums the RPN and Fast R-CNN losses of ``model.loss(images, targets)`` each
+iteration, back-propagates through everything at once (proposals are constants) and takes one
+optimiser step. Around it: atomic ``last.pt`` / ``model_final.pt`` checkpoints and bit-exact
+resuming, skipped non-finite steps and :class:`~fasterrcnn.engine.guard.TrainingDiverged`, AMP,
+DDP under torchrun, weight averaging, periodic evaluation that leaves the RNG untouched, frozen
+BatchNorm, and partial training (``stages``, ``proposal_fn``) for the alternating schedule.
 
-Optimiser: SGD with ``train.momentum``; weight decay ``train.weight_decay`` on weights (tensors
-with ``ndim >= 2``) and none on biases / 1-D parameters, one learning rate for all. (py-faster-rcnn
-additionally doubles the biases' learning rate; we keep a single rate, which is the simpler and
-widely used variant.) Only parameters with ``requires_grad`` are optimised.
-
-Making a multi-day run safe:
-
-* ``DIR/last.pt`` is written atomically every ``checkpoint_period`` iterations and at the end,
-  ``DIR/model_final.pt`` (weights only) at the end. Resuming (``resume="auto"`` or a path) restores
-  model, optimizer, schedule, AMP scaler, every RNG (torch/CUDA/numpy/python, per rank) and the
-  sampler position, so an interrupted run continues bit-exactly (CPU, deterministic mode).
-* Non-finite loss or gradients: the optimizer step is skipped with a warning naming the
-  iteration and the loss components; ``train.max_bad_steps`` consecutive ones raise
-  :class:`TrainingDiverged` without writing a checkpoint, so ``last.pt`` stays the last good one.
-  (Under fp16 AMP, gradient overflows are the GradScaler's business and are not counted.)
-* AMP: ``train.amp = "bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA only, with
-  ``torch.amp.GradScaler``); the losses are summed in float32.
-* Multi-GPU: under torchrun the process group is joined automatically (or use
-  :func:`fasterrcnn.engine.distributed.init_from_env` first); the detector is wrapped in DDP through
-  :class:`~fasterrcnn.engine.distributed.LossModule`; only rank 0 logs, evaluates and writes.
-* ``train.ema_decay`` > 0 keeps an exponential moving average of the weights (and BatchNorm
-  statistics), updated after every optimiser step; it is what ``model_final.pt`` holds and what
-  ``val_fn`` sees, and ``last.pt`` carries it for resuming.
-* Evaluation every ``eval_period`` iterations (if > 0) and at the end via ``val_fn(model)`` (rank 0,
-  model in eval mode under ``no_grad``, RNG state preserved so evaluation never changes training).
-* Frozen BatchNorm: a BatchNorm layer whose affine parameters all have ``requires_grad=False`` is
-  kept in eval mode throughout (normalises with, and never updates, its running statistics), so
-  a frozen part of the network stays exactly frozen. (None of the joint presets freezes a BN layer.)
-* Partial training (used by the 4-step alternating schedule, :mod:`fasterrcnn.engine.alternating`):
-  ``stages`` selects the losses (``model.loss(..., stages=...)``) and ``proposal_fn(images)``
-  supplies the RoI head's proposals (``model.loss(..., proposals=...)``) for every batch.
-
-The pieces of one iteration (optimiser, forward/backward, clipping, frozen BatchNorm) are in
-:mod:`fasterrcnn.engine.step`, reading and restoring a checkpoint's training state in
-:mod:`fasterrcnn.engine.resume`, the non-finite guard and :class:`TrainingDiverged` in
-:mod:`fasterrcnn.engine.guard`, seeding, the device and deterministic kernels in
+The account for users is docs/training.md ("Inside the training loop"). The pieces of one
+iteration are in :mod:`fasterrcnn.engine.step`, resuming in :mod:`fasterrcnn.engine.resume`, the
+non-finite guard in :mod:`fasterrcnn.engine.guard`, seeding and devices in
 :mod:`fasterrcnn.engine.runtime`.
 """
 
@@ -137,12 +106,13 @@ def train_joint(
     (:data:`~fasterrcnn.engine.checkpoint_config.RESUME_FREE_KEYS`) and ``allow_config_changes``
     (e.g. ``["train.lr"]`` to resume a diverged run with a lower learning rate).
     ``model``: a prebuilt module with ``loss(images, targets)`` (default ``build_model(cfg.model)``).
-    ``stages`` / ``proposal_fn``: train only some losses / on given proposals (see the module
-    docstring); only parameters with ``requires_grad`` are optimised, so freeze the rest first.
+    ``stages`` / ``proposal_fn``: train only some losses / on given proposals (the alternating
+    schedule's steps); only parameters with ``requires_grad`` are optimised, so freeze the rest first.
 
     Returns ``{"iteration", "start_iteration", "metrics", "losses", "skipped_steps",
-    "last_checkpoint", "final_weights", "elapsed_s"}``. Raises :class:`TrainingDiverged` on
-    divergence and :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
+    "last_checkpoint", "final_weights", "elapsed_s"}``. Raises
+    :class:`~fasterrcnn.engine.guard.TrainingDiverged` on divergence and
+    :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
     """
     if cfg.train.schedule != "joint" and stages is None:
         raise ConfigError(f"train.schedule is {cfg.train.schedule!r}: run it with fasterrcnn.engine.train, "
