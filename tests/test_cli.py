@@ -207,3 +207,55 @@ def test_train_on_random_crops_of_large_images(tmp_path):
                  "--val-data", f"voc:{voc}:trainval", "--tile", "160", "--tile-overlap", "32"]) == 0
     assert (out / "model_final.pt").is_file()
     assert json.loads((out / "metrics.json").read_text())["metric"] == "voc07"
+
+
+def test_eval_reads_images_like_train_and_detect(demo_dir, tmp_path, capsys, monkeypatch):
+    """eval takes --exif, --high-bit-depth, --max-image-pixels and --unannotated-images."""
+    import numpy as np
+
+    import fasterrcnn.engine.inference as inference
+    from fasterrcnn.data.images import ImageReader
+
+    ds = ShapesDataset("test", 1)
+    image, ann = ds[0][0].permute(1, 2, 0).numpy(), ds.annotation(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn the stored grid 90 degrees clockwise: back to `image`
+    Image.fromarray(np.ascontiguousarray(np.rot90(image))).save(folder / "turned.jpg", exif=exif, quality=95)
+    objects = "".join(
+        f"<object><name>{ds.classes[label - 1]}</name><difficult>0</difficult><bndbox><xmin>{x0 + 1:g}</xmin>"
+        f"<ymin>{y0 + 1:g}</ymin><xmax>{x1:g}</xmax><ymax>{y1:g}</ymax></bndbox></object>"
+        for (x0, y0, x1, y1), label in zip(ann.boxes.tolist(), ann.labels.tolist())
+    )
+    (folder / "turned.xml").write_text(
+        f"<annotation><filename>turned.jpg</filename><size><width>{ann.width}</width>"
+        f"<height>{ann.height}</height><depth>3</depth></size>{objects}</annotation>"
+    )
+    Image.fromarray(image).save(folder / "unlabelled.png")  # no XML names it
+
+    def evaluate(*flags, out="e"):
+        return main(["eval", "--checkpoint", str(demo_dir / "model_final.pt"), "--data", f"voc:{folder}",
+                     "--out", str(tmp_path / out), "--no-progress", *flags])
+
+    # as viewers show it, the photo fits its annotation; the image without an XML is left out
+    assert evaluate() == 0
+    dets = json.loads((tmp_path / "e" / "detections.json").read_text())
+    assert dets and {d["file_name"] for d in dets} == {str(folder / "turned.jpg")}
+    # on the stored grid it does not, and the error says why
+    capsys.readouterr()
+    assert evaluate("--exif", "ignore") == 2
+    err = capsys.readouterr().err
+    assert f"turned.jpg: image is {ann.height}x{ann.width} (WxH)" in err and "EXIF" in err
+    assert evaluate("--max-image-pixels", "1000") == 2
+    assert "turned.jpg" in capsys.readouterr().err
+    assert evaluate("--unannotated-images", "error") == 2
+    assert "unlabelled.png: no annotation file" in capsys.readouterr().err
+
+    seen = []
+    monkeypatch.setattr(inference, "evaluate_model", lambda model, dataset, *a, **k: seen.append(dataset) or {})
+    monkeypatch.setattr("fasterrcnn.cli.evaluate.print_metrics", lambda result: None)
+    assert evaluate("--high-bit-depth", "minmax", "--max-image-pixels", "123456", "--unannotated-images",
+                    "negative", out="f") == 0
+    assert seen[0].image_reader == ImageReader(exif="apply", high_bit="minmax", max_pixels=123456)
+    assert [p.name for p in seen[0].image_files] == ["turned.jpg", "unlabelled.png"]

@@ -11,12 +11,15 @@ from .common import load_for_inference, print_metrics, set_threads, sliced_predi
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..data.images import ImageReader
     from ..data.spec import parse_data_spec
     from ..engine.inference import evaluate_model, write_json
 
     set_threads(args.threads)
     predictor, _, classes = load_for_inference(args)
-    dataset = parse_data_spec(args.data, classes=classes)
+    # the images are read as train and detect read them (EXIF, bit depth, pixel ceiling)
+    dataset = parse_data_spec(args.data, classes=classes, images=ImageReader.from_args(args),
+                              unannotated=args.unannotated_images)
     out = Path(args.out)
     if args.proposals:
         return _eval_proposals(predictor.model, dataset, args, out)

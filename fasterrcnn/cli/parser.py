@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=None, help="detection score threshold "
                    "(default: the model's, 0.05, as evaluation expects)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_image_reading(p)
     _add_inference(p)
     p.set_defaults(func=cmd_eval)
 
