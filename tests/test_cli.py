@@ -51,7 +51,8 @@ def test_detect_folder_writes_pictures_and_coco_results(demo_dir, tmp_path, caps
     assert code == 0
     assert (out / "img0.jpg").is_file() and (out / "img1.jpg").is_file()
     results = json.loads((out / "detections.json").read_text())
-    assert isinstance(results, list)
+    assert isinstance(results, list) and results  # --score-thresh 0.0: every kept box is listed
+    assert {r["file_name"] for r in results} == {str(images / "img0.png"), str(images / "img1.png")}
     for r in results:
         assert set(r) >= {"image_id", "file_name", "category_id", "category", "bbox", "score"}
         assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0

@@ -151,7 +151,7 @@ def test_coco_numbers_equal_pycocotools_direct(runs: dict[str, Any]) -> None:
     gt_json = runs["specs"]["coco:test_json"]
     gt = json.loads(Path(gt_json).read_text())
     gt_cats = {c["id"]: c["name"] for c in gt["categories"]}
-    assert all(gt_cats[d["category_id"]] == d["category"] for d in dets)  # ids line up with the file
+    assert dets and all(gt_cats[d["category_id"]] == d["category"] for d in dets)  # ids line up
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt_json)
         coco_eval = COCOeval(coco_gt, coco_gt.loadRes(dets), iouType="bbox")

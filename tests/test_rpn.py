@@ -75,7 +75,7 @@ def test_loss_and_proposals_end_to_end():
     sum(losses.values()).backward()
     assert rpn.head.conv.weight.grad is not None
     boxes, scores = rpn.propose(out, sizes, training=False)
-    assert len(boxes) == 2 and all(len(b) <= 50 for b in boxes)
+    assert len(boxes) == 2 and all(0 < len(b) <= 50 for b in boxes)
     assert all(((s >= 0) & (s <= 1)).all() for s in scores)
     for b, (h, w) in zip(boxes, sizes):
         assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all() and (b[:, :2] >= 0).all()

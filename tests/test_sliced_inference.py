@@ -8,6 +8,8 @@ from fasterrcnn.presets import preset
 from fasterrcnn.engine.sliced import cut_mask, merge_detections, predict_sliced
 from fasterrcnn.modeling.builder import build_model
 
+from helpers import favour_class
+
 
 class PaintDetector:
     """Fake model: object k is painted with green value k/10 and 'detected' as the bounding box
@@ -97,13 +99,18 @@ def test_cut_mask_and_merge():
 def test_predict_sliced_with_a_real_model():
     cfg = override(preset("tiny-shapes"), {"model.input.min_size_test": 128,
                                            "model.input.max_size_test": 128})
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).eval()
+    favour_class(model, label=2)  # every RoI scores "class 2" near 1: detections come out
     image = torch.rand(3, 300, 260)
     det = predict_sliced(model, image, tile=128, overlap=32, batch_size=3, max_detections=50)
     assert set(det) >= {"boxes", "labels", "scores"}
-    assert len(det["boxes"]) <= 50
-    if len(det["boxes"]):
-        assert det["boxes"][:, 2].max() <= 260 + 1e-3 and det["boxes"][:, 3].max() <= 300 + 1e-3
-        assert bool((det["scores"][:-1] >= det["scores"][1:]).all())
+    assert 0 < len(det["boxes"]) <= 50
+    assert det["labels"].unique().tolist() == [2]
+    boxes = det["boxes"]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 260 + 1e-3).all() and (boxes[:, 3] <= 300 + 1e-3).all()
+    assert (boxes[:, 2:] > boxes[:, :2]).all()
+    assert bool((det["scores"][:-1] >= det["scores"][1:]).all()) and det["scores"].min() > 0.5
+    # the tiles' detections cover the image, not only the first tile (128 x 128 at the origin)
+    assert boxes[:, 2].max() > 128 and boxes[:, 3].max() > 128
     with pytest.raises(ValueError):
         predict_sliced(model, torch.rand(1, 3, 64, 64), tile=32, overlap=8)

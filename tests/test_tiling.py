@@ -106,7 +106,7 @@ def test_random_crop_dataset(dihedral):
     photo = PaintedPhoto()
     ds = RandomCropDataset(photo, 128, crops_per_image=12, seed=3, dihedral=dihedral, min_visible=1.0)
     assert len(ds) == 12 and ds.classes == ("tree",)
-    windows = set()
+    windows, kept = set(), 0
     for k in range(len(ds)):
         image, target = ds[k]
         ann = ds.annotation(k)
@@ -115,8 +115,10 @@ def test_random_crop_dataset(dihedral):
         np.testing.assert_array_equal(target["boxes"].numpy(), ann.boxes)
         for x1, y1, x2, y2 in ann.boxes.astype(int):  # every kept (whole) box is a white square
             assert image[:, y1:y2, x1:x2].min() == 255
+        kept += len(ann.boxes)
         windows.add(target["window"])
     assert len(windows) > 6  # different crops
+    assert kept > 0  # the white-square check saw boxes
     again = RandomCropDataset(photo, 128, crops_per_image=12, seed=3, dihedral=dihedral)
     assert torch.equal(again[5][0], ds[5][0])  # deterministic from (seed, index)
     assert photo.reads <= 2  # decoded images are cached
