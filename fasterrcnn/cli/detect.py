@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from ..config import ConfigError
 from .common import load_for_inference, log, set_threads, sliced_predictor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,6 +52,41 @@ def output_name(path: Path, used: dict[str, str]) -> str:
     return name
 
 
+def onnx_predictor(args: argparse.Namespace) -> tuple[Callable, tuple[str, ...]]:
+    """(predict, class names) of ``--onnx``: the exported graph run by onnxruntime (one plain
+    pass), its detections cut to ``--score-thresh`` and ``--max-detections`` afterwards."""
+    if args.checkpoint:
+        raise ConfigError("give --checkpoint or --onnx, not both")
+    unused = [flag for flag, on in (("--tile", args.tile), ("--tta-sizes", args.tta_sizes is not None),
+                                    ("--tta-flip/-vflip/-transpose", args.tta_flip or args.tta_vflip or args.tta_transpose),
+                                    ("--tta-zoom", args.tta_zoom is not None), ("--box-vote", args.box_vote is not None))
+              if on]
+    if unused:
+        raise ConfigError(f"--onnx runs the exported single pass; {', '.join(unused)} need --checkpoint")
+    if args.device != "cpu":
+        log.warning("note: --onnx runs on the CPU (onnxruntime's CPU provider)")
+        args.device = "cpu"
+    try:
+        from ..export.onnx import OnnxDetector
+        runner = OnnxDetector(args.onnx, threads=args.threads)
+    except ImportError:
+        raise ConfigError("--onnx needs onnxruntime (pip install onnxruntime)") from None
+    except Exception as exc:  # onnxruntime's own errors: not an ONNX file, unsupported ops
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ConfigError(f"{args.onnx}: onnxruntime cannot load it ({exc})") from None
+    cap = args.max_detections
+
+    def predict(images: list) -> list:
+        out = []
+        for det in runner(images):
+            keep = (det["scores"] > args.score_thresh).nonzero(as_tuple=True)[0][:cap]
+            out.append({k: v[keep] for k, v in det.items()})
+        return out
+
+    return predict, runner.classes
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..data.dataset import DataError
     from ..data.images import ImageReader
@@ -58,8 +94,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..visualize import draw_detections
 
     set_threads(args.threads)
-    model, _, classes = load_for_inference(args)
-    predictor = sliced_predictor(model, args) or model.predict
+    if getattr(args, "onnx", None):
+        predictor, classes = onnx_predictor(args)
+    else:
+        if not args.checkpoint:
+            raise ConfigError("detect needs --checkpoint CKPT (or --onnx MODEL, an exported file)")
+        model, _, classes = load_for_inference(args)
+        predictor = sliced_predictor(model, args) or model.predict
     files = _collect_images(args.inputs, getattr(args, "recursive", False))
     reader = ImageReader.from_args(args)
     out = Path(args.out)

@@ -10,6 +10,7 @@ from .check_data import cmd_check_data
 from .demo import DEMO_OUT, cmd_demo
 from .detect import cmd_detect
 from .evaluate import cmd_eval
+from .export import add_export_parser
 from .presets import cmd_presets
 from .train import cmd_train
 
@@ -39,8 +40,9 @@ def _add_image_reading(p: argparse.ArgumentParser, unannotated: bool = True) -> 
                             "no objects (negative), or refuse (error)")
 
 
-def _add_inference(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="model_final.pt or last.pt written by train/demo")
+def _add_inference(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=checkpoint_required,
+                   help="model_final.pt or last.pt written by train/demo")
     p.add_argument("--batch-size", type=int, default=4, help="images (or tiles) per forward pass")
     p.add_argument("--max-detections", type=int, default=None, help="detections kept per image")
     p.add_argument("--tile", type=int, default=None,
@@ -178,8 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this")
     p.add_argument("--recursive", action="store_true",
                    help="also search the subfolders of a folder given (default: its files only)")
+    p.add_argument("--onnx", default=None, metavar="MODEL",
+                   help="run an exported ONNX file (fasterrcnn export) with onnxruntime instead of "
+                        "--checkpoint: one plain pass, no test-time views or --tile")
     _add_image_reading(p, unannotated=False)
-    _add_inference(p)
+    _add_inference(p, checkpoint_required=False)
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("check-data", help="validate a dataset and report box and anchor statistics",
@@ -200,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=None, help="list at most N problems")
     _add_image_reading(p)
     p.set_defaults(func=cmd_check_data)
+
+    add_export_parser(sub)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.set_defaults(func=cmd_presets)

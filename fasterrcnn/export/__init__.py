@@ -1,0 +1,1 @@
+"""Exporting a trained detector to other runtimes (ONNX: :mod:`.onnx`)."""
