@@ -6,6 +6,7 @@ import argparse
 
 from ..config import SCORE_FUSIONS
 from ..presets import PRESETS
+from .bench import add_bench_parser
 from .check_data import cmd_check_data
 from .demo import DEMO_OUT, cmd_demo
 from .detect import cmd_detect
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_data)
 
     add_export_parser(sub)
+
+    add_bench_parser(sub, _add_runtime)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.set_defaults(func=cmd_presets)
