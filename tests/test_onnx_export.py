@@ -89,6 +89,23 @@ def test_tiny_shapes_float_input_roialign_context_channels_last(tmp_path):
     assert_same_detections(model, path, images(torch.float32))
 
 
+def test_fpn_model_matches_pytorch_on_two_sizes(tmp_path):
+    # five levels, torchvision-style anchors, top-N-first proposals, RoIAlign (not aligned) from
+    # the level each box's size picks, floor rounding and padding to 32
+    from fasterrcnn.presets import PRESETS
+
+    if "resnet50-fpn" not in PRESETS:
+        pytest.skip("no FPN preset in this version")
+    model, _ = sharpened_model("resnet50-fpn", **{"model.input.min_size_test": 160, "model.input.max_size_test": 240,
+                                                  "model.num_classes": 5})
+    with torch.no_grad():  # random ResNet features have a std of ~40: bring them to ~1
+        for conv in model.backbone.fpn.layer_blocks.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.div_(40)
+    path = export_onnx(model, tmp_path / "fpn.onnx")
+    assert_same_detections(model, path, images())
+
+
 def test_graph_inputs_outputs_and_metadata(tmp_path):
     model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 96, "model.input.max_size_test": 128})
     path = export_onnx(model, tmp_path / "m.onnx", classes=["a", "b", "c", "d", "e"])

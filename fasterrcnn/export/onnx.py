@@ -90,9 +90,8 @@ class ExportableDetector(nn.Module):
         features = self.model.features(batch)
         proposals = self.proposals(features, size, _shape(batch)[2:])
         scores, boxes = self.class_boxes(features, proposals, size)
-        factor = original.to(torch.float64) / size.to(torch.float64)  # (sy, sx), as scale_boxes
-        boxes = boxes * torch.stack((factor[1], factor[0], factor[1], factor[0])).to(boxes.dtype)
-        return self.select(scores, boxes)
+        factor = original.to(torch.float64) / size.to(torch.float64)  # (sy, sx) as scale_boxes
+        return self.select(scores, boxes * factor.flip(0).repeat(2).to(boxes.dtype))
 
     # ------------------------------------------------------------------ input
     def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,9 +100,12 @@ class ExportableDetector(nn.Module):
         t = self.model.transform
         x = image.float() / 255.0 if self.input_dtype == "uint8" else image.float()
         hw = _shape(image)[1:].to(torch.float64)
-        short, long = hw.min(), hw.max()
-        scale = t.min_size_test / short
-        scale = torch.where(long * scale > t.max_size_test, t.max_size_test / long, scale)
+        # float64 as Python's arithmetic, in 1-element tensors: the exporter casts 0-d values and
+        # Python numbers to float32, which turns e.g. 257 * (160 / 257) into 159.99998 (floor: 159)
+        short, long = hw.amin(dim=0, keepdim=True), hw.amax(dim=0, keepdim=True)
+        lo, hi = (torch.full((1,), float(v), dtype=torch.float64) for v in (t.min_size_test, t.max_size_test))
+        scale = lo / short
+        scale = torch.where(long * scale > hi, hi / long, scale)
         scaled = hw * scale
         rounded = torch.floor(scaled) if getattr(t, "size_rounding", "round") == "floor" else torch.round(scaled)
         size = rounded.clamp(min=1).to(torch.int64)
