@@ -167,7 +167,7 @@ def test_kinds_07_08_09_12_bad_objects(tmp_path, capsys, kind, objects, message)
     root = devkit(tmp_path / "VOC")
     (root / "Annotations/000002.xml").write_text(xml("000002.jpg", objects))
     code, text = check(capsys, root)
-    assert code == 1 and f"000002.xml: object 0" in text and message in text
+    assert code == 1 and "000002.xml: object 0" in text and message in text
 
 
 def test_kind_08_one_pixel_overhang_is_tolerated(tmp_path, capsys):
