@@ -187,6 +187,19 @@ def test_cli_inference_only_without_comparison(tmp_path):
     assert r["proposals"] == 20 and "train_step_s" not in r["results"]["fasterrcnn"]
 
 
+def test_cli_times_a_checkpoint(tmp_path):
+    from fasterrcnn.engine.checkpoint import export_weights
+
+    cfg = preset("tiny-shapes")
+    model = build_model(cfg.model, load_backbone_weights=False)
+    ckpt = export_weights(tmp_path / "model.pt", model=model, cfg=cfg, classes=[f"c{i}" for i in range(5)])
+    out = tmp_path / "b.json"
+    assert main(["bench", "--checkpoint", str(ckpt), "--size", "64x96", "--iters", "1", "--warmup", "0",
+                 "--batch", "1", "--no-train", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["weights"] == "checkpoint" and r["note"] is None and r["checkpoint"] == str(ckpt)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "tiny-shapes", "--device", "cpu", "--dtype", "fp16"], "fp16 needs a CUDA device"),
     (["--preset", "tiny-shapes", "--size", "600by1000"], "--size expects HxW"),

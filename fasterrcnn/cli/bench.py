@@ -257,8 +257,9 @@ def format_table(r: dict[str, Any]) -> str:
 
     ratio = r.get("ratio", {})
     row("inference latency, batch 1 (s)", sec("infer_latency_s"), ratio.get("infer_speedup"))
-    row(f"inference, batch {r['batch']} (s)", sec("infer_batch_s"))
-    row(f"inference throughput (img/s)", lambda x: f"{x['infer_throughput_img_s']:.2f}", ratio.get("infer_throughput"))
+    if r["batch"] > 1:
+        row(f"inference, batch {r['batch']} (s)", sec("infer_batch_s"))
+    row("inference throughput (img/s)", lambda x: f"{x['infer_throughput_img_s']:.2f}", ratio.get("infer_throughput"))
     if r["train_batch"]:
         row(f"training step, batch {r['train_batch']} (s)", sec("train_step_s"))
         row("training throughput (img/s)", lambda x: f"{x['train_throughput_img_s']:.2f}", ratio.get("train_throughput"))
