@@ -262,10 +262,12 @@ def format_table(r: dict[str, Any]) -> str:
     row("inference throughput (img/s)", lambda x: f"{x['infer_throughput_img_s']:.2f}", ratio.get("infer_throughput"))
     if r["train_batch"]:
         row(f"training step, batch {r['train_batch']} (s)", sec("train_step_s"))
-        row("training throughput (img/s)", lambda x: f"{x['train_throughput_img_s']:.2f}", ratio.get("train_throughput"))
+        row("training throughput (img/s)", lambda x: f"{x['train_throughput_img_s']:.2f}",
+            ratio.get("train_throughput"))
     row("detections per image", lambda x: f"{x['detections_per_image']:.1f}")
     for phase in res[names[0]]["peak_memory_mb"]:
-        row(f"peak memory, {phase} (MiB)", lambda x, p=phase: f"{x['peak_memory_mb'][p]:.0f}", ratio.get(f"memory_{phase}"))
+        row(f"peak memory, {phase} (MiB)", lambda x, p=phase: f"{x['peak_memory_mb'][p]:.0f}",
+            ratio.get(f"memory_{phase}"))
     row("parameters + buffers (MiB)", lambda x: f"{x['param_memory_mb']:.0f}")
     if len(names) == 2:
         lines.append("ratio: speed-ups of fasterrcnn over torchvision (> 1: ours faster); memory: ours / theirs")
