@@ -25,9 +25,15 @@ from .config_io import ConfigError, from_dict, override, parse_overrides, to_dic
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "vgg16"  # "vgg16" | "zf" | "tiny" | "mobilenet_v2"
+    # the paper's "vgg16" | "zf"; "tiny" | "mobilenet_v2" (one map); "resnet50_c4" |
+    # "resnet101_c4" (res4 shared, res5 the RoI head); "resnet50_fpn" | "resnet101_fpn" |
+    # "mobilenet_v3_large_fpn" | "mobilenet_v2_fpn" (feature pyramids)
+    name: str = "vgg16"
     weights: str | None = None  # local ImageNet state dict (torchvision layout accepted)
     frozen_stages: int = 2  # VGG: conv1-conv2 frozen as in the paper; ZF: conv1 (see backbones)
+    # ResNet / MobileNet-FPN backbones: how many of the last stages train (torchvision's
+    # trainable_backbone_layers: 0-5 for ResNet, 0-6 for MobileNet); the rest, and every BatchNorm, frozen
+    trainable_layers: int = 3
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
     extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
@@ -40,6 +46,28 @@ class AnchorConfig:
     # anchor centres at (x + offset) * stride: 0.5 = centre of the cell (pooling backbones such as
     # VGG); 0.0 where 3x3 stride-2 convs with padding 1 centre cell x at x * stride + 0.5
     offset: float = 0.5
+    # one tuple of sizes per feature level (an FPN: ((32,), (64,), ...)), replacing ``sizes``;
+    # empty: ``sizes`` on every level
+    sizes_per_level: tuple[tuple[float, ...], ...] = ()
+    # "paper": anchors as above; "torchvision": base anchors rounded to whole pixels and each
+    # level's stride taken as padded image size // map size (torchvision's AnchorGenerator: the
+    # same anchors, for loading its detectors exactly)
+    style: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.style not in ANCHOR_STYLES:
+            raise ConfigError(f"anchors.style must be one of {ANCHOR_STYLES}, got {self.style!r}")
+        try:  # a bare number is a level with one size (--set ...sizes_per_level=32,64,128)
+            levels = tuple(tuple(float(s) for s in (level if isinstance(level, (list, tuple)) else [level]))
+                           for level in self.sizes_per_level)
+        except (TypeError, ValueError):
+            raise ConfigError(f"anchors.sizes_per_level must hold numbers, got {self.sizes_per_level!r}") from None
+        if len({len(level) for level in levels}) > 1:
+            raise ConfigError(f"anchors.sizes_per_level needs the same number of sizes on every level, got {levels}")
+        object.__setattr__(self, "sizes_per_level", levels)
+
+
+ANCHOR_STYLES = ("paper", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,10 @@ class RPNConfig:
     post_nms_top_n_test: int = 300
     nms_thresh: float = 0.7
     min_size: float = 16.0  # drop proposals smaller than this (input-image pixels)
+    # pre_nms_top_n counts the best-scored anchors before small or invalid boxes are dropped
+    # (torchvision and detectron2); False: the best pre_nms_top_n valid boxes (the paper's code)
+    top_n_first: bool = False
+    score_thresh: float = 0.0  # drop proposals whose objectness probability is below this
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1.0 / 9.0  # py-faster-rcnn's sigma = 3
     loss_weight_cls: float = 1.0
@@ -146,6 +178,12 @@ class InputConfig:
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on 0..1 RGB
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     size_divisible: int = 16  # pad batches to a multiple of this
+    # the rescaled size: "round" (H * scale rounded) or "floor" (truncated, torchvision's)
+    size_rounding: str = "round"
+
+    def __post_init__(self) -> None:
+        if self.size_rounding not in ("round", "floor"):
+            raise ConfigError(f"input.size_rounding must be 'round' or 'floor', got {self.size_rounding!r}")
 
 
 SCORE_FUSIONS = ("max", "agreement")  # how test-time views' scores combine (TestAugConfig)
@@ -277,7 +315,7 @@ class Config:
 
 
 __all__ = [
-    "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "InputConfig",
+    "ANCHOR_STYLES", "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "InputConfig",
     "LR_SCHEDULES", "ModelConfig", "OPTIMIZERS", "RPNConfig", "RoIHeadConfig", "SCHEDULES", "SCORE_FUSIONS",
     "TestAugConfig", "TrainConfig", "from_dict", "override", "parse_overrides",
     "to_dict",

@@ -45,6 +45,8 @@ def _join(path: str, key: str) -> str:
 
 def _coerce(f: dataclasses.Field, value: Any, path: str) -> Any:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None and "None" in str(f.type):  # an optional field set to None (e.g. straddle_thresh)
+        return None
     if dataclasses.is_dataclass(default):
         return from_dict(type(default), value, path=path)
     if isinstance(default, tuple) or (isinstance(value, list) and default is None):

@@ -165,11 +165,80 @@ def _mobilenetv2_trees() -> Config:
     )
 
 
+def _torchvision_fpn(backbone: str, anchors: AnchorConfig, *, min_size: int = 800, max_size: int = 1333,
+                     test_top_n: int = 1000, rpn_score_thresh: float = 0.0) -> Config:
+    """torchvision's ``fasterrcnn_*_fpn`` detectors, setting for setting (so that their COCO
+    weights load and detect exactly as in torchvision, see ``fasterrcnn import``), with a
+    fine-tuning schedule for 2 images per batch (torchvision's detection tutorial: SGD lr 0.005).
+
+    Where they differ from the paper's VGG-16 model: a feature pyramid (anchors of one size per
+    level for ResNet, all five sizes on each level for MobileNetV3), 800/1333 input (320/640
+    for the 320 model) padded to multiples of 32, RoIAlign 7x7 (not aligned) from the level a
+    box's size picks, a 1024-wide fc head without dropout, 2000 proposals per level and image
+    for training and 1000 (150) at test (the paper: 2000 / 300), cross-boundary anchors kept,
+    512 RoIs per image at 25% foreground, smooth L1 with beta 1/9 in both heads, NMS 0.5 on the
+    detections (the paper: 0.3), COCO's 90 classes.
+    """
+    return Config(
+        model=ModelConfig(
+            num_classes=90,
+            backbone=BackboneConfig(name=backbone, trainable_layers=3),
+            anchors=anchors,
+            rpn=RPNConfig(
+                conv_channels=256, straddle_thresh=None, pre_nms_top_n_train=2000, post_nms_top_n_train=2000,
+                pre_nms_top_n_test=test_top_n, post_nms_top_n_test=test_top_n, min_size=1e-3,
+                top_n_first=True, score_thresh=rpn_score_thresh,
+            ),
+            roi_head=RoIHeadConfig(
+                pooler="roi_align", aligned=False, sampling_ratio=2, representation_size=1024, dropout=0.0,
+                batch_size_per_image=512, smooth_l1_beta=1.0 / 9.0, nms_thresh=0.5,
+            ),
+            input=InputConfig(min_size_train=(min_size,), max_size_train=max_size, min_size_test=min_size,
+                              max_size_test=max_size, size_divisible=32, size_rounding="floor"),
+        ),
+        train=TrainConfig(images_per_batch=2, max_iter=20000, lr=0.005, lr_steps=(15000, 18000),
+                          warmup_iters=500, weight_decay=1e-4, checkpoint_period=1000, num_workers=2),
+    )
+
+
+TORCHVISION_FPN_ANCHORS = AnchorConfig(sizes_per_level=((32.0,), (64.0,), (128.0,), (256.0,), (512.0,)),
+                                       offset=0.0, style="torchvision")
+MOBILENET_V3_ANCHORS = AnchorConfig(sizes=(32.0, 64.0, 128.0, 256.0, 512.0), offset=0.0, style="torchvision")
+
+
+def _resnet_c4(depth: int) -> Config:
+    """The ResNet paper's detector (He et al. 2016, as in detectron2's C4 recipe): res1-res4
+    shared at stride 16 with the paper's RPN (15 anchors: 32-512 x 3 ratios), RoIAlign 14x14 on
+    res4 and res5 (stride 2, then average pooling) as the box head; 800/1333 input."""
+    return Config(
+        model=ModelConfig(
+            num_classes=20,
+            backbone=BackboneConfig(name=f"resnet{depth}_c4", trainable_layers=3),
+            anchors=AnchorConfig(sizes=(32.0, 64.0, 128.0, 256.0, 512.0), offset=0.0),
+            rpn=RPNConfig(conv_channels=1024, straddle_thresh=None, pre_nms_top_n_test=6000,
+                          post_nms_top_n_test=1000, min_size=0.0, top_n_first=True),
+            roi_head=RoIHeadConfig(pooler="roi_align", pool_size=14, aligned=True, sampling_ratio=0,
+                                   batch_size_per_image=512, nms_thresh=0.5),
+            input=InputConfig(min_size_train=(800,), max_size_train=1333, min_size_test=800,
+                              max_size_test=1333, size_divisible=32),
+        ),
+        train=TrainConfig(images_per_batch=2, max_iter=20000, lr=0.005, lr_steps=(15000, 18000),
+                          warmup_iters=500, weight_decay=1e-4, checkpoint_period=1000, num_workers=2),
+    )
+
+
 PRESETS: dict[str, Any] = {
     "vgg16-voc07": _vgg16_voc07,
     "zf-voc07": _zf_voc07,
     "tiny-shapes": _tiny_shapes,
     "mobilenetv2-trees": _mobilenetv2_trees,
+    "resnet50-fpn": lambda: _torchvision_fpn("resnet50_fpn", TORCHVISION_FPN_ANCHORS),
+    "resnet101-fpn": lambda: _torchvision_fpn("resnet101_fpn", TORCHVISION_FPN_ANCHORS),
+    "mobilenetv3-fpn": lambda: _torchvision_fpn("mobilenet_v3_large_fpn", MOBILENET_V3_ANCHORS, rpn_score_thresh=0.05),
+    "mobilenetv3-320-fpn": lambda: _torchvision_fpn("mobilenet_v3_large_fpn", MOBILENET_V3_ANCHORS, min_size=320,
+                                                    max_size=640, test_top_n=150, rpn_score_thresh=0.05),
+    "resnet50-c4": lambda: _resnet_c4(50),
+    "resnet101-c4": lambda: _resnet_c4(101),
 }
 
 

@@ -9,6 +9,9 @@ An anchor of size s (= sqrt(area)) and aspect ratio r (= h / w) has w = s / sqrt
 h = s * sqrt(r), so its area is exactly s^2. Anchor centres sit at ``(x + offset) * stride``:
 offset 0.5 centres them on the receptive field of the feature cell, as in the paper's code.
 The paper's model has one level (stride 16, 3 sizes x 3 ratios); an FPN has one size per level.
+Style "torchvision" reproduces torchvision's AnchorGenerator: base anchors rounded to whole pixels
+and each level's stride (per axis) the padded image size // the map size (64 for P6 only when the
+padded size is a multiple of 64).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ def base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tens
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def grid_anchors(base: Tensor, feature_size: tuple[int, int], stride: int, offset: float = 0.5) -> Tensor:
-    """[Hf * Wf * A, 4] anchors for a feature map of ``feature_size`` (Hf, Wf)."""
+def grid_anchors(base: Tensor, feature_size: tuple[int, int], stride: int | tuple[int, int],
+                 offset: float = 0.5) -> Tensor:
+    """[Hf * Wf * A, 4] anchors for a feature map of ``feature_size`` (Hf, Wf); ``stride`` one
+    number or (y, x)."""
     hf, wf = feature_size
-    ys = (torch.arange(hf, dtype=torch.float32, device=base.device) + offset) * stride
-    xs = (torch.arange(wf, dtype=torch.float32, device=base.device) + offset) * stride
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    ys = (torch.arange(hf, dtype=torch.float32, device=base.device) + offset) * sy
+    xs = (torch.arange(wf, dtype=torch.float32, device=base.device) + offset) * sx
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")
     shifts = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 1, 4)
     return (shifts + base.reshape(1, -1, 4)).reshape(-1, 4)
@@ -63,7 +69,7 @@ class AnchorGenerator(nn.Module):
 
     ``sizes`` and ``strides`` map each level name to its anchor sizes and its stride; every level
     has the same ``aspect_ratios``, so the same number of anchors per position (one RPN head
-    serves all levels).
+    serves all levels). ``style``: "paper" or "torchvision" (see the module docstring).
     """
 
     def __init__(
@@ -72,8 +78,12 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: Sequence[float],
         strides: Mapping[str, int],
         offset: float = 0.5,
+        style: str = "paper",
     ) -> None:
         super().__init__()
+        if style not in ("paper", "torchvision"):
+            raise ValueError(f"anchor style must be 'paper' or 'torchvision', got {style!r}")
+        self.style = style
         if set(sizes) != set(strides):
             raise ValueError(f"anchor sizes are given for levels {sorted(sizes)}, strides for {sorted(strides)}")
         counts = {len(s) for s in sizes.values()}
@@ -83,7 +93,8 @@ class AnchorGenerator(nn.Module):
         self.strides = {k: int(strides[k]) for k in self.levels}
         self.offset = float(offset)
         for k in self.levels:
-            self.register_buffer(f"base_{k}", base_anchors(sizes[k], aspect_ratios), persistent=False)
+            base = base_anchors(sizes[k], aspect_ratios)
+            self.register_buffer(f"base_{k}", base.round() if style == "torchvision" else base, persistent=False)
         self._cache: dict[tuple, Tensor] = {}
 
     @property
@@ -91,15 +102,24 @@ class AnchorGenerator(nn.Module):
         """A: anchors per position (the same on every level)."""
         return int(getattr(self, f"base_{self.levels[0]}").shape[0])
 
-    def forward(self, feature_sizes: Mapping[str, tuple[int, int]]) -> list[Tensor]:
-        """Per level (in ``levels`` order): [Hl * Wl * A, 4] anchors for maps of these (Hl, Wl)."""
+    def forward(
+        self, feature_sizes: Mapping[str, tuple[int, int]], image_size: tuple[int, int] | None = None
+    ) -> list[Tensor]:
+        """Per level (in ``levels`` order): [Hl * Wl * A, 4] anchors for maps of these (Hl, Wl);
+        ``image_size``: the padded batch's (H, W), which style "torchvision" needs."""
         out = []
         for k in self.levels:
             base = getattr(self, f"base_{k}")
-            key = (k, int(feature_sizes[k][0]), int(feature_sizes[k][1]), str(base.device))
+            hf, wf = int(feature_sizes[k][0]), int(feature_sizes[k][1])
+            stride: int | tuple[int, int] = self.strides[k]
+            if self.style == "torchvision":
+                if image_size is None:
+                    raise ValueError("torchvision-style anchors need the padded image size")
+                stride = (int(image_size[0]) // hf, int(image_size[1]) // wf)
+            key = (k, hf, wf, stride, str(base.device))
             if key not in self._cache:
                 if len(self._cache) > 64 * len(self.levels):
                     self._cache.clear()
-                self._cache[key] = grid_anchors(base, key[1:3], self.strides[k], self.offset)
+                self._cache[key] = grid_anchors(base, (hf, wf), stride, self.offset)
             out.append(self._cache[key])
         return out

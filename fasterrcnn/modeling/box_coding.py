@@ -18,6 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a 16-bit float type (mixed precision), else unchanged
+    (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 # exp() of a larger dw/dh would give boxes 1000/16 times the reference: clamp like the reference
 # implementations do, so that an untrained or diverging head never yields inf boxes.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16.0)

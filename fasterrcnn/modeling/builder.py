@@ -6,9 +6,13 @@ Every other module of :mod:`fasterrcnn.modeling` takes plain arguments; this one
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..config import BackboneConfig, ConfigError, ModelConfig, TestAugConfig
 from .anchors import AnchorGenerator
 from .backbones import TINY_STRIDES, Backbone, MobileNetV2, Tiny, VGG16, ZF
+from .backbones.mobilenet_v3 import MobileNetV2FPN, MobileNetV3LargeFPN
+from .backbones.resnet import ResNetC4, ResNetC5Head, ResNetFPN
 from .box_coding import BoxCoder
 from .cascade import CascadeRoIHeads, RefineStage
 from .faster_rcnn import FasterRCNN
@@ -23,7 +27,10 @@ from .sampling import HardExampleMiner, Sampler
 from .transform import InputTransform
 from .tta import TTAPredictor, inference_views, zoom_views
 
-BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2")
+BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2", "resnet50_c4", "resnet101_c4", "resnet50_fpn",
+             "resnet101_fpn", "mobilenet_v3_large_fpn", "mobilenet_v2_fpn")
+C4_BACKBONES = {"resnet50_c4": 50, "resnet101_c4": 101}  # res5 is the RoI head
+FPN_BACKBONES = {"resnet50_fpn": 50, "resnet101_fpn": 101}
 
 
 def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
@@ -43,6 +50,14 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
         if cfg.stride not in (8, 16):
             raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
         return MobileNetV2(weights, cfg.frozen_stages, cfg.stride, pretrained=cfg.weights is not None)
+    if cfg.name in C4_BACKBONES:
+        return ResNetC4(C4_BACKBONES[cfg.name], weights, cfg.trainable_layers)
+    if cfg.name in FPN_BACKBONES:
+        return ResNetFPN(FPN_BACKBONES[cfg.name], weights, cfg.trainable_layers)
+    if cfg.name == "mobilenet_v3_large_fpn":
+        return MobileNetV3LargeFPN(weights, cfg.trainable_layers)
+    if cfg.name == "mobilenet_v2_fpn":
+        return MobileNetV2FPN(weights, cfg.trainable_layers)
     raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
@@ -55,7 +70,11 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     backbone = build_backbone(cfg.backbone, load_weights=load_backbone_weights)
     strides = backbone.strides
     a = cfg.anchors
-    anchors = AnchorGenerator({k: a.sizes for k in strides}, a.aspect_ratios, strides, a.offset)
+    if a.sizes_per_level and len(a.sizes_per_level) != len(strides):
+        raise ConfigError(f"anchors.sizes_per_level gives {len(a.sizes_per_level)} levels, backbone "
+                          f"{cfg.backbone.name} has {len(strides)}: {', '.join(strides)}")
+    sizes = dict(zip(strides, a.sizes_per_level)) if a.sizes_per_level else {k: a.sizes for k in strides}
+    anchors = AnchorGenerator(sizes, a.aspect_ratios, strides, a.offset, a.style)
     r = cfg.rpn
     rpn = RegionProposalNetwork(
         RPNHead(backbone.out_channels, r.conv_channels or backbone.out_channels, anchors.num_anchors),
@@ -63,8 +82,10 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         matcher=Matcher(r.fg_iou_thresh, r.bg_iou_thresh, 0.0, r.allow_low_quality_matches),
         sampler=Sampler(r.batch_size_per_image, r.positive_fraction),
         coder=BoxCoder(r.box_weights),
-        train_settings=ProposalSettings(r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms_thresh, r.min_size),
-        test_settings=ProposalSettings(r.pre_nms_top_n_test, r.post_nms_top_n_test, r.nms_thresh, r.min_size),
+        train_settings=ProposalSettings(r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms_thresh, r.min_size,
+                                        r.top_n_first, r.score_thresh),
+        test_settings=ProposalSettings(r.pre_nms_top_n_test, r.post_nms_top_n_test, r.nms_thresh, r.min_size,
+                                       r.top_n_first, r.score_thresh),
         straddle_thresh=r.straddle_thresh,
         smooth_l1_beta=r.smooth_l1_beta,
         loss_weight_cls=r.loss_weight_cls,
@@ -72,9 +93,18 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         positive_weighting=r.positive_weighting,
     )
     h = cfg.roi_head
-    pooler = RoIPooler(h.pooler, h.pool_size, strides, h.sampling_ratio, h.aligned, context_scales=h.context_scales)
+    pool_strides = {k: strides[k] for k in backbone.roi_levels}
+    pooler = RoIPooler(h.pooler, h.pool_size, pool_strides, h.sampling_ratio, h.aligned, context_scales=h.context_scales)
     in_features = backbone.out_channels * pooler.num_regions * h.pool_size**2
-    box_head = BoxHead(in_features, h.representation_size, h.dropout)
+    if cfg.backbone.name in C4_BACKBONES:  # res5 on the pooled res4 features, as in the ResNet paper
+        if h.context_scales or h.cascade_ious:
+            raise ConfigError("the C4 backbones' res5 head takes neither context_scales nor cascade_ious")
+        weights = cfg.backbone.weights if load_backbone_weights else None
+        box_head: nn.Module = ResNetC5Head(C4_BACKBONES[cfg.backbone.name], weights, cfg.backbone.trainable_layers)
+        head_width = ResNetC5Head.out_channels
+    else:
+        box_head = BoxHead(in_features, h.representation_size, h.dropout)
+        head_width = h.representation_size
     state = backbone.box_head_state  # pretrained fc6/fc7 (VGG), where the sizes fit
     if state is not None and all(tuple(state[f"{n}.weight"].shape) == tuple(getattr(box_head, n).weight.shape)
                                  for n in ("fc6", "fc7")):
@@ -89,7 +119,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         loss=FastRCNNLoss(h.smooth_l1_beta, h.box_loss, h.loss_weight_cls, h.loss_weight_reg, h.positive_weighting),
         selector=DetectionSelector(h.score_thresh, h.nms_thresh, h.detections_per_img, h.vote_iou),
     )
-    predictor = BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg)
+    predictor = BoxPredictor(head_width, cfg.num_classes, h.class_agnostic_reg)
     if h.cascade_ious:
         stages = [
             RefineStage(
@@ -114,6 +144,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         pixel_mean=i.pixel_mean,
         pixel_std=i.pixel_std,
         size_divisible=i.size_divisible,
+        size_rounding=i.size_rounding,
     )
     return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes,
                       channels_last=cfg.channels_last)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
-from .box_coding import BoxCoder
+from .box_coding import BoxCoder, at_least_float32
 from .matching import Matcher
 from .postprocess import class_boxes
 from .roi_heads import Features, RoIHeads
@@ -128,12 +128,12 @@ class CascadeRoIHeads(RoIHeads):
         self, features: Features, proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[tuple[Tensor, Tensor]]:
         class_logits, box_deltas = self(features, proposals)
-        probs = torch.softmax(class_logits.float(), dim=-1)
+        probs = torch.softmax(at_least_float32(class_logits), dim=-1)
         rois, coder = list(proposals), self.coder
         for stage in self.stages:
             rois = refine_boxes(box_deltas, rois, most_likely_classes(class_logits), image_sizes, coder=coder)
             class_logits, box_deltas = stage(self.pooler(features, rois))
-            probs = probs + torch.softmax(class_logits.float(), dim=-1)
+            probs = probs + torch.softmax(at_least_float32(class_logits), dim=-1)
             coder = stage.coder
         out = class_boxes(class_logits, box_deltas, rois, image_sizes, coder=coder)
         mean = (probs[:, 1:] / (1 + len(self.stages))).split([len(r) for r in rois])

@@ -91,7 +91,7 @@ class FasterRCNN(nn.Module):
         gt_boxes, gt_labels = self._scaled_targets(targets, batch)
         features = self.features(batch.tensor)
         losses: dict[str, Tensor] = {}
-        out = self.rpn(features) if ("rpn" in stages or proposals is None) else None
+        out = self.rpn(features, batch.padded_size) if ("rpn" in stages or proposals is None) else None
         if "rpn" in stages:
             losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes))
         if "roi" in stages:
@@ -122,7 +122,7 @@ class FasterRCNN(nn.Module):
         with inference_mode(self):
             batch = self.transform(images, training=False, size=size)
             features = self.features(batch.tensor)
-            props, _ = self.rpn.propose(self.rpn(features), batch.image_sizes, training=False)
+            props, _ = self.rpn.propose(self.rpn(features, batch.padded_size), batch.image_sizes, training=False)
             out = self.roi_heads.class_boxes(features, props, batch.image_sizes)
         return [
             (s, scale_boxes(b.reshape(-1, 4), size_in, orig).view(b.shape))
@@ -137,7 +137,7 @@ class FasterRCNN(nn.Module):
         """
         with inference_mode(self):
             batch = self.transform(images, training=False)
-            out = self.rpn(self.features(batch.tensor))
+            out = self.rpn(self.features(batch.tensor), batch.padded_size)
             boxes, scores = self.rpn.propose(out, batch.image_sizes, training=training_settings)
         return [
             {"boxes": scale_boxes(b, size, orig), "scores": s}

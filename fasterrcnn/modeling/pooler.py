@@ -28,7 +28,7 @@ def assign_levels(boxes: Tensor, strides: Sequence[int], canonical_size: float =
     2017, eq. 1): a box of ``canonical_size`` (sqrt of its area) goes to stride
     ``canonical_stride``, each halving of the size one level finer, clamped to the levels given."""
     size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
-    target = math.log2(canonical_stride) + torch.log2(size / canonical_size + 1e-6)
+    target = math.log2(canonical_stride) + torch.log2(size / canonical_size) + 1e-6  # as torchvision
     logs = torch.tensor([math.log2(s) for s in strides], device=boxes.device)
     k = torch.floor(target).clamp(float(logs.min()), float(logs.max()))
     return (k[:, None] == logs[None, :]).float().argmax(dim=1)
@@ -47,9 +47,11 @@ class RoIPooler(nn.Module):
     MultiPath network): the head then sees around the RoI, e.g. the rest of a partly hidden
     object whose proposal covers only one part. Empty (the paper): the RoI alone.
 
-    RoIAlign on float32 CPU features with a fixed ``sampling_ratio`` runs as a sparse matrix
-    product (:func:`~fasterrcnn.modeling.sparse_roi_align.sparse_roi_align`: the same results,
-    a training step's pooling about 3x faster); everything else goes to ``torchvision.ops``.
+    With one level, RoIAlign on float32 CPU features with a fixed ``sampling_ratio`` runs as a
+    sparse matrix product (:func:`~fasterrcnn.modeling.sparse_roi_align.sparse_roi_align`: the
+    same results up to float rounding, a training step's pooling about 3x faster); several
+    levels (FPN) and everything else go to ``torchvision.ops``, so that imported torchvision
+    detectors give torchvision's detections.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class RoIPooler(nn.Module):
     def _sparse_ok(self, features: Tensor) -> bool:
         return (
             features.device.type == "cpu"
+            and len(self.strides) == 1
             and features.dtype == torch.float32
             and self.sampling_ratio > 0
             and not torch.jit.is_scripting()

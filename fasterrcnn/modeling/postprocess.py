@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from .box_coding import BoxCoder
+from .box_coding import BoxCoder, at_least_float32
 
 
 def class_boxes(
@@ -32,12 +32,12 @@ def class_boxes(
 ) -> list[tuple[Tensor, Tensor]]:
     """Per image: (scores [R, K] (softmax, background column dropped), boxes [R, K, 4] clipped)."""
     counts = [len(r) for r in rois]
-    probs = torch.softmax(class_logits.float(), dim=-1).split(counts)
-    deltas = box_deltas.float().split(counts)
+    probs = torch.softmax(at_least_float32(class_logits), dim=-1).split(counts)
+    deltas = at_least_float32(box_deltas).split(counts)
     out = []
     for p, d, r, size in zip(probs, deltas, rois, image_sizes):
         num_classes = p.shape[1]  # K + 1
-        boxes = coder.decode(d, r.float()).view(-1, num_classes, 4)
+        boxes = coder.decode(d, at_least_float32(r)).view(-1, num_classes, 4)
         boxes = clip_boxes_to_image(boxes, tuple(size))
         out.append((p[:, 1:], boxes[:, 1:]))
     return out

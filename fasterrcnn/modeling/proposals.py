@@ -6,6 +6,9 @@ Per image and feature level: decode the anchors, clip to the image, drop boxes s
 ``min_size``, keep the ``pre_nms_top_n`` highest-scoring (in practice only the best-scored anchors
 are decoded, with the same result). Then NMS at ``nms_thresh`` (within each level when there are
 several, as FPN detectors do) and keep the ``post_nms_top_n`` best of the image.
+With ``top_n_first`` (torchvision, detectron2) the ``pre_nms_top_n`` best-scored anchors are taken
+first and the small ones dropped from those; NMS then ranks by objectness probability and
+proposals below ``score_thresh`` are dropped, as torchvision's RPN does.
 Non-finite scores or boxes (a diverging network) are dropped, never passed on.
 """
 
@@ -17,7 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image, nms, remove_small_boxes
 
-from .box_coding import BoxCoder
+from .box_coding import BoxCoder, at_least_float32
 
 
 def select_proposals(
@@ -32,6 +35,8 @@ def select_proposals(
     post_nms_top_n: int,
     nms_thresh: float,
     min_size: float,
+    top_n_first: bool = False,
+    score_thresh: float = 0.0,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Proposals per image: (boxes [P, 4], objectness scores [P]), best first.
 
@@ -43,18 +48,23 @@ def select_proposals(
     anchors_l = anchors.split(counts)
     out_boxes: list[Tensor] = []
     out_scores: list[Tensor] = []
+    select = _top_then_valid_boxes if top_n_first else _top_valid_boxes
     for i, size in enumerate(image_sizes):
         parts = [
-            _top_valid_boxes(a, s, d, tuple(size), coder=coder, top_n=pre_nms_top_n, min_size=min_size)
+            select(a, s, d, tuple(size), coder=coder, top_n=pre_nms_top_n, min_size=min_size)
             for a, s, d in zip(anchors_l, scores[i].detach().split(counts), deltas[i].detach().split(counts))
         ]
-        if len(parts) == 1:
-            boxes, s = parts[0]
-            keep = nms(boxes.float(), s.float(), nms_thresh)[:post_nms_top_n]
+        boxes, s = torch.cat([b for b, _ in parts]), torch.cat([x for _, x in parts])
+        rank = at_least_float32(s).sigmoid() if top_n_first else at_least_float32(s)  # torchvision ranks probabilities
+        if score_thresh > 0:
+            above = (rank if top_n_first else rank.sigmoid()) >= score_thresh
+            boxes, s, rank = boxes[above], s[above], rank[above]
+            parts = [(b[a], x[a]) for (b, x), a in zip(parts, above.split([len(b) for b, _ in parts]))]
+        if len(parts) == 1 and not top_n_first:
+            keep = nms(at_least_float32(boxes), rank, nms_thresh)[:post_nms_top_n]
         else:
-            boxes, s = torch.cat([b for b, _ in parts]), torch.cat([x for _, x in parts])
             levels = torch.cat([torch.full((len(b),), k, device=b.device) for k, (b, _) in enumerate(parts)])
-            keep = batched_nms(boxes.float(), s.float(), levels, nms_thresh)[:post_nms_top_n]
+            keep = batched_nms(at_least_float32(boxes), rank, levels, nms_thresh)[:post_nms_top_n]
         out_boxes.append(boxes[keep])
         out_scores.append(s[keep])
     return out_boxes, out_scores
@@ -90,6 +100,27 @@ def _top_valid_boxes(
             keep = keep[:top_n]
             return boxes[keep], scores[top[keep]]
         k = min(len(scores), 2 * k)
+
+
+def _top_then_valid_boxes(
+    anchors: Tensor,
+    scores: Tensor,
+    deltas: Tensor,
+    size: tuple[int, int],
+    *,
+    coder: BoxCoder,
+    top_n: int,
+    min_size: float,
+) -> tuple[Tensor, Tensor]:
+    """Of the ``top_n`` highest-scoring anchors of one image (best first), the decoded, clipped
+    boxes that are finite and at least ``min_size`` on both sides (torchvision's order)."""
+    s, top = scores[None].topk(min(len(scores), top_n), dim=1)  # [1, R] as torchvision: same order of ties
+    s, top = s[0], top[0]
+    boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
+    valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
+    keep = valid.nonzero(as_tuple=True)[0]
+    keep = keep[remove_small_boxes(boxes[keep], min_size)]
+    return boxes[keep], s[keep]
 
 
 def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from .anchors import AnchorGenerator, inside_image
-from .box_coding import BoxCoder
+from .box_coding import BoxCoder, at_least_float32
 from .losses import box_balanced_example_weights, detection_losses
 from .matching import BACKGROUND, IGNORE, Matcher
 from .proposals import select_proposals
@@ -55,12 +55,15 @@ class RPNHead(nn.Module):
 
 @dataclass(frozen=True)
 class ProposalSettings:
-    """How many proposals to keep, and how: one instance for training, one for testing."""
+    """How many proposals to keep, and how: one instance for training, one for testing (see
+    :func:`~.proposals.select_proposals`)."""
 
     pre_nms_top_n: int
     post_nms_top_n: int
     nms_thresh: float
     min_size: float
+    top_n_first: bool = False
+    score_thresh: float = 0.0
 
 
 @dataclass
@@ -132,11 +135,12 @@ class RegionProposalNetwork(nn.Module):
         self.loss_weight_reg = loss_weight_reg
         self.positive_weighting = positive_weighting
 
-    def forward(self, features: Mapping[str, Tensor]) -> RPNOutput:
-        """The head's outputs on every level of ``features`` the anchor generator knows."""
+    def forward(self, features: Mapping[str, Tensor], image_size: tuple[int, int] | None = None) -> RPNOutput:
+        """The head's outputs on every level of ``features`` the anchor generator knows
+        (``image_size``: the padded batch's (H, W), for anchors that need it)."""
         levels = self.anchor_generator.levels
         outs = [self.head(features[k]) for k in levels]
-        anchors = self.anchor_generator({k: tuple(features[k].shape[-2:]) for k in levels})
+        anchors = self.anchor_generator({k: tuple(features[k].shape[-2:]) for k in levels}, image_size)
         device = features[levels[0]].device
         if len(levels) == 1:
             return RPNOutput(anchors[0].to(device), outs[0][0], outs[0][1], [len(anchors[0])])
@@ -152,11 +156,11 @@ class RegionProposalNetwork(nn.Module):
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Proposals (boxes, objectness probabilities) per image with the train or test settings."""
         s = self.train_settings if training else self.test_settings
-        logits = out.objectness_logits.float()
+        logits = at_least_float32(out.objectness_logits)
         boxes, scores = select_proposals(
             out.anchors,
             logits[..., 1] - logits[..., 0],
-            out.anchor_deltas.float(),
+            at_least_float32(out.anchor_deltas),
             image_sizes,
             coder=self.coder,
             level_counts=out.level_counts,
@@ -164,6 +168,8 @@ class RegionProposalNetwork(nn.Module):
             post_nms_top_n=s.post_nms_top_n,
             nms_thresh=s.nms_thresh,
             min_size=s.min_size,
+            top_n_first=s.top_n_first,
+            score_thresh=s.score_thresh,
         )
         return boxes, [torch.sigmoid(x) for x in scores]  # sigmoid(fg - bg) = softmax fg prob
 

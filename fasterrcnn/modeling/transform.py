@@ -27,7 +27,10 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return scale
 
 
-def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+def resized_size(height: int, width: int, scale: float, rounding: str = "round") -> tuple[int, int]:
+    """(H, W) rescaled by ``scale``, rounded ("round") or truncated ("floor", torchvision's)."""
+    if rounding == "floor":
+        return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
@@ -114,6 +117,11 @@ class ImageBatch:
     image_sizes: list[tuple[int, int]]  # rescaled (H, W) of each image inside the padding
     original_sizes: list[tuple[int, int]]
 
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(Hp, Wp) of the padded batch."""
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
 
 class InputTransform(nn.Module):
     def __init__(
@@ -126,8 +134,12 @@ class InputTransform(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         size_divisible: int = 16,
+        size_rounding: str = "round",
     ) -> None:
         super().__init__()
+        if size_rounding not in ("round", "floor"):
+            raise ValueError(f"size_rounding must be 'round' or 'floor', got {size_rounding!r}")
+        self.size_rounding = size_rounding
         self.min_size_train = tuple(int(s) for s in min_size_train)
         self.max_size_train = int(max_size_train)
         self.min_size_test = int(min_size_test)
@@ -164,7 +176,7 @@ class InputTransform(nn.Module):
             h, w = int(img.shape[1]), int(img.shape[2])
             if h == 0 or w == 0:
                 raise ValueError(f"empty image of size {h}x{w}")
-            out_h, out_w = resized_size(h, w, resize_scale(h, w, min_size, max_size))
+            out_h, out_w = resized_size(h, w, resize_scale(h, w, min_size, max_size), self.size_rounding)
             x = img.to(self.mean.device)
             if (out_h, out_w) != (h, w):
                 x = F.interpolate(x[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]

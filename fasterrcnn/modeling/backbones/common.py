@@ -49,6 +49,11 @@ class Backbone(nn.Module):
         """{level name: stride}, in increasing stride."""
         return {level_name(self.stride): self.stride}
 
+    @property
+    def roi_levels(self) -> tuple[str, ...]:
+        """The levels RoIs are pooled from: all of them (an FPN leaves out its extra level)."""
+        return tuple(self.strides)
+
     def map(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -52,6 +52,14 @@ class MultiLevelBackbone(Backbone):
     def strides(self) -> dict[str, int]:  # type: ignore[override]
         return dict(self._strides)
 
+    @property
+    def roi_levels(self) -> tuple[str, ...]:
+        """Every level but the pyramid's extra max-pooled one, which serves the RPN only (as in
+        the FPN paper, torchvision and detectron2)."""
+        levels = tuple(self._strides)
+        fpn = getattr(self, "fpn", None)
+        return levels[:-1] if fpn is not None and fpn.extra is not None else levels
+
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:  # type: ignore[override]  # pragma: no cover
         raise NotImplementedError
 
