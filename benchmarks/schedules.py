@@ -1,11 +1,13 @@
-"""Joint (approximate joint) vs 4-step alternating training under the same iteration budget.
+"""The paper's three training schemes (§3.2) under the same iteration budget: approximate joint
+(``joint``), 4-step alternating (``alternating``) and non-approximate joint (``exact-joint``).
 
 Trains the ``tiny-shapes`` preset on the built-in shapes data (``shapes:train``) once with each
-schedule, evaluates both on ``shapes:test`` (VOC07 11-point mAP at IoU 0.5 via
+schedule (``--schedules``, default all three), evaluates each on ``shapes:test`` (VOC07 11-point mAP at IoU 0.5 via
 :func:`fasterrcnn.evaluation.evaluate_voc` on ``model.predict`` outputs) and reports mAP and wall
 time. Budget: ``--iters N`` total iterations for each schedule (default: the preset's
 ``train.max_iter``); joint runs N iterations, alternating splits N over its four steps in the
-paper's 2:1:2:1 ratio (80k/40k/80k/40k). When N is below the preset's ``max_iter`` the preset's
+paper's 2:1:2:1 ratio (80k/40k/80k/40k); exact-joint runs N iterations of the joint loop with
+the proposals' coordinates attached to the RPN's deltas. When N is below the preset's ``max_iter`` the preset's
 ``lr_steps`` and ``warmup_iters`` are scaled by ``N / max_iter`` (the same for both schedules; the
 alternating steps then scale ``lr_steps`` again to their own lengths and start each step with the
 warm-up, see :mod:`fasterrcnn.engine.alternating`).
@@ -13,6 +15,8 @@ warm-up, see :mod:`fasterrcnn.engine.alternating`).
 Usage::
 
     python benchmarks/schedules.py --iters 600 --out /tmp/sched --results-md benchmarks/RESULTS.md
+
+``--seed`` sets ``train.seed`` (initialisation, data order, sampling) for every schedule.
 
 ``--results-md`` appends a markdown section (never rewrites the file). Results as JSON go to
 ``OUT/results.json``.
@@ -42,7 +46,7 @@ from fasterrcnn.engine.checkpoint import load_model
 from fasterrcnn.modeling.builder import build_predictor
 from fasterrcnn.evaluation import evaluate_voc
 
-SECTION = "## Joint vs 4-step alternating training (built-in shapes data)"
+SECTION = "## The three training schemes: alternating, approximate joint, exact joint (built-in shapes data)"
 RATIO = (2, 1, 2, 1)  # the paper's 80k / 40k / 80k / 40k
 
 
@@ -53,13 +57,15 @@ def split_budget(total: int, ratio: Sequence[int] = RATIO) -> tuple[int, int, in
     return tuple(parts)  # type: ignore[return-value]
 
 
-def budget_config(cfg: Config, iters: int, schedule: str) -> Config:
-    """``cfg`` with ``iters`` total iterations (lr decay points scaled) for ``schedule``."""
+def budget_config(cfg: Config, iters: int, schedule: str, seed: int | None = None) -> Config:
+    """``cfg`` with ``iters`` total iterations (lr decay points scaled) for ``schedule``
+    (and ``train.seed`` = ``seed`` when given)."""
     t = cfg.train
     scale = iters / t.max_iter
     train_cfg = dataclasses.replace(
         t,
         schedule=schedule,
+        seed=t.seed if seed is None else seed,
         max_iter=iters,
         lr_steps=tuple(int(round(s * scale)) for s in t.lr_steps),
         warmup_iters=int(round(t.warmup_iters * min(1.0, scale))),
@@ -116,6 +122,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- command: `{meta['command']}`",
         f"- preset `tiny-shapes` (as of the run), train `shapes:train` ({meta['train_images']} "
         f"images), test `shapes:test` ({meta['test_images']} images), VOC07 11-point mAP @ IoU 0.5",
+        f"- seed (train.seed): {meta['seed']}; backbone from random init (the preset has no ImageNet weights)",
         f"- budget: {meta['iters']} iterations for each schedule (preset max_iter "
         f"{meta['preset_max_iter']}{reduced}), "
         f"batch {meta['batch']} images, lr {meta['lr']}, warm-up {meta['warmup']} iterations; "
@@ -140,7 +147,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=None, help="total iterations per schedule")
-    p.add_argument("--schedules", default="joint,alternating")
+    p.add_argument("--schedules", default="alternating,joint,exact-joint")
+    p.add_argument("--seed", type=int, default=None, help="train.seed (default: the preset's)")
     p.add_argument("--out", type=Path, default=Path("runs/schedules"))
     p.add_argument("--train-images", type=int, default=None, help="default: shapes:train size")
     p.add_argument("--test-images", type=int, default=None, help="default: shapes:test size")
@@ -156,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for schedule in [s.strip() for s in args.schedules.split(",") if s.strip()]:
-        cfg = budget_config(base, iters, schedule)
-        print(f"== {schedule}: {iters} iterations", flush=True)
+        cfg = budget_config(base, iters, schedule, args.seed)
+        print(f"== {schedule}: {iters} iterations, seed {cfg.train.seed}", flush=True)
         r = run_one(schedule, cfg, train_set, test_set, args.out / schedule)
         print(json.dumps({k: v for k, v in r.items() if k != "AP"}), flush=True)
         results.append(r)
@@ -170,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_images": len(train_set),
         "test_images": len(test_set),
         "iters": iters,
+        "seed": base.train.seed if args.seed is None else args.seed,
         "preset_max_iter": base.train.max_iter,
         "batch": base.train.images_per_batch,
         "lr": base.train.lr,

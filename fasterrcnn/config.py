@@ -252,7 +252,9 @@ class ModelConfig:
     channels_last: bool = False
 
 
-SCHEDULES = ("joint", "alternating")  # train.schedule (the paper's §3.2; see fasterrcnn.engine)
+# train.schedule (the paper's §3.2; see fasterrcnn.engine): approximate joint, 4-step alternating,
+# non-approximate joint (proposal coordinates carry gradient; RoIAlign pooling only)
+SCHEDULES = ("joint", "alternating", "exact-joint")
 OPTIMIZERS = ("sgd", "adamw")  # train.optimizer: the paper's SGD, or AdamW
 # train.lr_schedule: the paper's step decay at train.lr_steps, or a half cosine from train.lr
 # down to 0 at train.max_iter (train.lr_steps unused)

@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="train.images_per_batch (per process)")
     p.add_argument("--backbone-weights", default=None, help="local ImageNet state dict for the backbone "
                    "(torchvision layout accepted)")
-    p.add_argument("--schedule", choices=("joint", "alternating"), default=None,
-                   help="approximate joint training (default) or the paper's 4-step alternating training")
+    p.add_argument("--schedule", choices=("joint", "alternating", "exact-joint"), default=None,
+                   help="approximate joint training (default), the paper's 4-step alternating training, "
+                   "or non-approximate joint training (RoIAlign presets)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision (GPU)")
     p.add_argument("--eval-period", type=int, default=None, help="evaluate every N iterations (0 = at the end)")
     p.add_argument("--metric", choices=("voc07", "voc", "coco"), default="voc07", help="validation metric")

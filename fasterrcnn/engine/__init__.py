@@ -26,7 +26,9 @@ def train(
     allow_config_changes: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Train a detector with the schedule ``cfg.train.schedule`` names (the paper's §3.2):
-    ``"joint"`` (approximate joint training, :func:`.trainer.train_joint`) or ``"alternating"``
+    ``"joint"`` (approximate joint training, :func:`.trainer.train_joint`), ``"exact-joint"``
+    (non-approximate joint training: the same loop, the RoI losses also train the RPN's box
+    deltas through the proposals' coordinates; needs RoIAlign pooling) or ``"alternating"``
     (the 4 steps, :func:`.alternating.train_alternating`). Returns the schedule's summary."""
     common = dict(out_dir=out_dir, classes=classes, val_fn=val_fn, resume=resume,
                   deterministic=deterministic, device=device, progress=progress)
@@ -35,7 +37,7 @@ def train(
         if tuple(allow_config_changes):
             raise ConfigError("allowed config changes on resume apply to the joint schedule only")
         return train_alternating(cfg, train_set, **common)
-    if schedule == "joint":
+    if schedule in ("joint", "exact-joint"):
         return train_joint(cfg, train_set, allow_config_changes=allow_config_changes, **common)
     raise ConfigError(f"unknown train.schedule {schedule!r}")
 

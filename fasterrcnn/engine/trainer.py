@@ -2,7 +2,10 @@
 
 :func:`train_joint` sums the RPN and Fast R-CNN losses of ``model.loss(images, targets)`` each
 iteration, back-propagates through everything at once (proposals are constants) and takes one
-optimiser step. Around it: atomic ``last.pt`` / ``model_final.pt`` checkpoints and bit-exact
+optimiser step. With ``train.schedule = "exact-joint"`` the same loop runs the paper's
+non-approximate joint training: ``model.loss(images, targets, exact=True)``, whose proposals carry
+the gradient of the RPN's box deltas (see :meth:`~fasterrcnn.modeling.faster_rcnn.FasterRCNN.loss`).
+Around it: atomic ``last.pt`` / ``model_final.pt`` checkpoints and bit-exact
 resuming, skipped non-finite steps and :class:`~fasterrcnn.engine.guard.TrainingDiverged`, AMP,
 DDP under torchrun, weight averaging, periodic evaluation that leaves the RNG untouched, frozen
 BatchNorm, and partial training (``stages``, ``proposal_fn``) for the alternating schedule.
@@ -72,10 +75,42 @@ def _validate(cfg: Config, classes: Sequence[str]) -> None:
         raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
     if t.num_workers < 0:
         raise ConfigError(f"train.num_workers must be >= 0, got {t.num_workers}")
+    if t.schedule == "exact-joint":
+        validate_exact_joint(cfg)
     if len(classes) != cfg.model.num_classes:
         raise ConfigError(
             f"{len(classes)} class names given but model.num_classes={cfg.model.num_classes}"
         )
+
+
+def validate_exact_joint(cfg: Config) -> None:
+    """ConfigError unless the model can be trained with non-approximate joint training: the box
+    gradient needs RoIAlign-style pooling with a fixed sampling ratio and the plain RoI head."""
+    h = cfg.model.roi_head
+    if h.pooler != "roi_align":
+        raise ConfigError(
+            f"train.schedule='exact-joint' needs model.roi_head.pooler='roi_align', got {h.pooler!r}: "
+            "RoI max pooling has no useful gradient w.r.t. the box coordinates"
+        )
+    if h.sampling_ratio <= 0:
+        raise ConfigError(
+            f"train.schedule='exact-joint' needs model.roi_head.sampling_ratio > 0, got {h.sampling_ratio}: "
+            "the adaptive ratio is a discrete function of the box size"
+        )
+    if h.cascade_ious:
+        raise ConfigError("train.schedule='exact-joint' does not support cascade heads (model.roi_head.cascade_ious)")
+
+
+class ExactJointLoss(nn.Module):
+    """``loss(images, targets)`` = ``detector.loss(images, targets, exact=True)``; the detector is
+    its only child (same modules for DDP and SyncBatchNorm, same checkpoint as the detector)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        return self.detector.loss(images, targets, exact=True)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -98,7 +133,8 @@ def train_joint(
     proposal_fn: ProposalFn | None = None,
 ) -> dict[str, Any]:
     """Train a detector on ``train_set`` (a :class:`~fasterrcnn.data.dataset.DetectionDataset`)
-    with approximate joint training, or one step of the alternating schedule (``stages``).
+    with approximate joint training (``train.schedule="joint"``), non-approximate joint training
+    (``"exact-joint"``), or one step of the alternating schedule (``stages``).
     :func:`fasterrcnn.engine.train` picks the schedule a config names.
 
     ``resume``: None (fresh run), ``"auto"`` (``out_dir/last.pt`` if it exists) or a checkpoint
@@ -114,7 +150,7 @@ def train_joint(
     :class:`~fasterrcnn.engine.guard.TrainingDiverged` on divergence and
     :class:`~fasterrcnn.engine.checkpoint.CheckpointError` for a bad resume.
     """
-    if cfg.train.schedule != "joint" and stages is None:
+    if cfg.train.schedule not in ("joint", "exact-joint") and stages is None:
         raise ConfigError(f"train.schedule is {cfg.train.schedule!r}: run it with fasterrcnn.engine.train, "
                           "which runs its steps (train_joint runs the joint schedule or one given step)")
     with dist_utils.group_from_env(str(device)):
@@ -225,8 +261,10 @@ def _train(
             "needs CUDA): results differ from a single-process run with the same global batch"
         )
     staged = stages is not None or proposal_fn is not None
+    exact = tcfg.schedule == "exact-joint" and not staged
     runner = dist_utils.wrap_for_training(
-        StagedLoss(model, stages, proposal_fn) if staged else model, dev, sync_bn=tcfg.sync_bn
+        StagedLoss(model, stages, proposal_fn) if staged else (ExactJointLoss(model) if exact else model),
+        dev, sync_bn=tcfg.sync_bn,
     )
     frozen_bn = frozen_batchnorms(model)  # after wrapping: SyncBatchNorm conversion replaces layers
     set_train_mode(model, frozen_bn)

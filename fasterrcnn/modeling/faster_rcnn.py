@@ -6,7 +6,8 @@ nets, ``p2`` .. ``p6`` for an FPN; see :mod:`.backbones.common`).
 
 Entry points (no hidden train/eval switch):
   * ``model.loss(images, targets)`` -> dict of losses (``rpn_cls``, ``rpn_reg``, ``roi_cls``,
-    ``roi_reg``): approximate joint training, proposals treated as constants;
+    ``roi_reg``): approximate joint training, proposals treated as constants; with
+    ``exact=True`` non-approximate joint training (proposal coordinates carry gradient);
   * ``model.predict(images)`` -> one dict per image: ``boxes`` [D, 4] xyxy in the image's own
     pixels, ``labels`` [D] (1..K), ``scores`` [D]; the paper's single pass, in inference mode
     (BN/dropout in eval). Test-time augmentation wraps the model: :class:`~.tta.TTAPredictor`;
@@ -79,12 +80,34 @@ class FasterRCNN(nn.Module):
         *,
         proposals: Sequence[Tensor] | None = None,
         stages: Sequence[str] = STAGES,
+        exact: bool = False,
     ) -> dict[str, Tensor]:
         """Training losses. ``proposals`` (original-image coordinates) replace the RPN's own for
-        the RoI head; ``stages`` selects which losses to compute (both by default)."""
+        the RoI head; ``stages`` selects which losses to compute (both by default).
+
+        ``exact``: non-approximate joint training (paper §3.2). The RPN's proposals stay attached
+        to its regression output, so the RoI losses also train the RPN's box deltas (and, through
+        them, the shared convs) via RoIAlign's derivative w.r.t. the box coordinates
+        (:func:`~.roi_warp.roi_warp`). Included: d(roi losses)/d(proposal coordinates) through the
+        pooled features, for the sampled RoIs that came from the RPN, on top of everything the
+        approximate scheme has. Not included: the discrete choices (anchor top-N, size filter,
+        NMS, RoI labelling and sampling, level assignment), the objectness scores (they only
+        rank), the gt boxes appended as proposals, the head's regression targets (encoded from
+        the detached RoIs), coordinates clipped to the image border, and sample points outside
+        the feature map. The loss values are those of the approximate scheme (the same
+        proposals and RoIs, RoIAlign's numbers); only the gradient differs. It is an argument of
+        the loss rather than a property of the model because it changes how the model is
+        trained, not what it is: the weights, ``predict`` and checkpoints are the same.
+        """
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {tuple(stages)}")
+        if exact and proposals is not None:
+            raise ValueError("exact joint training trains the RPN through its own proposals: "
+                             "given proposals have no RPN graph")
+        if exact and type(self.roi_heads).loss is not RoIHeads.loss:
+            raise ValueError(f"exact joint training needs the plain RoI head; "
+                             f"{type(self.roi_heads).__name__} has its own loss")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         batch = self.transform(images, training=True)
@@ -96,10 +119,11 @@ class FasterRCNN(nn.Module):
             losses.update(self.rpn.loss(out, batch.image_sizes, gt_boxes))
         if "roi" in stages:
             if proposals is None:
-                props, _ = self.rpn.propose(out, batch.image_sizes, training=True)
+                props, _ = self.rpn.propose(out, batch.image_sizes, training=True, differentiable=exact)
             else:
                 props = self._scaled_proposals(proposals, batch)
-            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes))
+            exact_kw = {"box_gradient": True} if exact else {}  # plain calls stay plain (cascade heads)
+            losses.update(self.roi_heads.loss(features, props, gt_boxes, gt_labels, batch.image_sizes, **exact_kw))
         return losses
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
+from .roi_warp import roi_warp
 from .sparse_roi_align import sparse_roi_align
 
 POOLERS = ("roi_pool", "roi_align")
@@ -52,6 +53,12 @@ class RoIPooler(nn.Module):
     same results up to float rounding, a training step's pooling about 3x faster); several
     levels (FPN) and everything else go to ``torchvision.ops``, so that imported torchvision
     detectors give torchvision's detections.
+
+    Boxes that carry gradient (non-approximate joint training: proposals attached to the RPN's
+    deltas) are pooled with :func:`~fasterrcnn.modeling.roi_warp.roi_warp`, RoIAlign's numbers
+    built from differentiable ops, so the gradient reaches the box coordinates as well (roi_align
+    would drop it silently). RoI max pooling has no useful box gradient (a quantised grid and an
+    arg-max): such boxes are refused there.
     """
 
     def __init__(
@@ -109,6 +116,14 @@ class RoIPooler(nn.Module):
             features = features.float()  # torchvision has no reduced-precision roi_pool on CPU
         boxes = boxes.to(features.dtype) if isinstance(boxes, Tensor) else [b.to(features.dtype) for b in boxes]
         scale = 1.0 / stride
+        box_grad = torch.is_grad_enabled() and (
+            boxes.requires_grad if isinstance(boxes, Tensor) else any(b.requires_grad for b in boxes)
+        )
+        if box_grad:
+            if self.kind == "roi_pool":
+                raise ValueError("boxes that carry gradient need RoIAlign-style pooling: RoI max pooling "
+                                 "('roi_pool') has no useful gradient w.r.t. the box coordinates")
+            return roi_warp(features, boxes, self.output_size, scale, self.sampling_ratio, self.aligned)
         if self.kind == "roi_pool":
             return roi_pool(features, boxes, self.output_size, scale)
         if self._sparse_ok(features):

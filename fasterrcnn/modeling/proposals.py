@@ -10,6 +10,14 @@ With ``top_n_first`` (torchvision, detectron2) the ``pre_nms_top_n`` best-scored
 first and the small ones dropped from those; NMS then ranks by objectness probability and
 proposals below ``score_thresh`` are dropped, as torchvision's RPN does.
 Non-finite scores or boxes (a diverging network) are dropped, never passed on.
+
+``differentiable`` (non-approximate joint training, paper §3.2): which anchors become proposals
+is decided exactly as above, on detached scores and deltas (top-N, size filter, NMS are discrete
+choices and carry no gradient); the chosen anchors' boxes are then decoded again from the
+attached ``deltas`` (same anchors, same clipping), so the proposals' coordinates carry the
+gradient of the RPN's regression output. The values are exactly the detached ones (the attached
+decode enters as ``boxes + (attached - attached.detach())``); clipping passes no gradient to a
+coordinate that is clipped to the image border.
 """
 
 from __future__ import annotations
@@ -37,40 +45,50 @@ def select_proposals(
     min_size: float,
     top_n_first: bool = False,
     score_thresh: float = 0.0,
+    differentiable: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Proposals per image: (boxes [P, 4], objectness scores [P]), best first.
 
     ``anchors`` [R, 4] (shared by the batch), ``scores`` [N, R] objectness (any monotone score,
     e.g. fg - bg logits), ``deltas`` [N, R, 4]; ``level_counts``: anchors of each level in order
     (default: one level). ``pre_nms_top_n`` applies per level, ``post_nms_top_n`` per image.
+    ``differentiable``: the boxes carry the gradient of ``deltas`` (see the module docstring);
+    otherwise (the default) they are constants. Scores never carry gradient.
     """
     counts = list(level_counts) if level_counts is not None else [len(anchors)]
     anchors_l = anchors.split(counts)
     out_boxes: list[Tensor] = []
     out_scores: list[Tensor] = []
-    select = _top_then_valid_boxes if top_n_first else _top_valid_boxes
+    starts = [sum(counts[:k]) for k in range(len(counts))]
+    select = _top_then_valid_anchors if top_n_first else _top_valid_anchors
     for i, size in enumerate(image_sizes):
         parts = [
             select(a, s, d, tuple(size), coder=coder, top_n=pre_nms_top_n, min_size=min_size)
             for a, s, d in zip(anchors_l, scores[i].detach().split(counts), deltas[i].detach().split(counts))
         ]
-        boxes, s = torch.cat([b for b, _ in parts]), torch.cat([x for _, x in parts])
+        boxes, s = torch.cat([b for b, _, _ in parts]), torch.cat([x for _, x, _ in parts])
+        index = torch.cat([j + start for (_, _, j), start in zip(parts, starts)])  # into anchors [R]
         rank = at_least_float32(s).sigmoid() if top_n_first else at_least_float32(s)  # torchvision ranks probabilities
         if score_thresh > 0:
             above = (rank if top_n_first else rank.sigmoid()) >= score_thresh
-            boxes, s, rank = boxes[above], s[above], rank[above]
-            parts = [(b[a], x[a]) for (b, x), a in zip(parts, above.split([len(b) for b, _ in parts]))]
+            boxes, s, rank, index = boxes[above], s[above], rank[above], index[above]
+            parts = [(b[a], x[a], j[a]) for (b, x, j), a in zip(parts, above.split([len(b) for b, _, _ in parts]))]
         if len(parts) == 1 and not top_n_first:
             keep = nms(at_least_float32(boxes), rank, nms_thresh)[:post_nms_top_n]
         else:
-            levels = torch.cat([torch.full((len(b),), k, device=b.device) for k, (b, _) in enumerate(parts)])
+            levels = torch.cat([torch.full((len(b),), k, device=b.device) for k, (b, _, _) in enumerate(parts)])
             keep = batched_nms(at_least_float32(boxes), rank, levels, nms_thresh)[:post_nms_top_n]
-        out_boxes.append(boxes[keep])
+        kept = boxes[keep]
+        if differentiable:
+            j = index[keep]
+            attached = clip_boxes_to_image(coder.decode(deltas[i][j], anchors[j]), tuple(size))
+            kept = kept + (attached - attached.detach())  # the detached values, the attached gradient
+        out_boxes.append(kept)
         out_scores.append(s[keep])
     return out_boxes, out_scores
 
 
-def _top_valid_boxes(
+def _top_valid_anchors(
     anchors: Tensor,
     scores: Tensor,
     deltas: Tensor,
@@ -79,9 +97,10 @@ def _top_valid_boxes(
     coder: BoxCoder,
     top_n: int,
     min_size: float,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The ``top_n`` highest-scoring valid boxes of one image (decoded and clipped; valid:
-    finite score and box, at least ``min_size`` on both sides), best first.
+    finite score and box, at least ``min_size`` on both sides), best first: (boxes, scores, their
+    anchors' indices).
 
     The same boxes as decoding every anchor, dropping the invalid ones and taking the top
     ``top_n`` (up to the order among exactly equal scores, which ``topk`` leaves open either
@@ -98,11 +117,11 @@ def _top_valid_boxes(
         keep = keep[remove_small_boxes(boxes[keep], min_size)]
         if len(keep) >= top_n or k == len(scores):
             keep = keep[:top_n]
-            return boxes[keep], scores[top[keep]]
+            return boxes[keep], scores[top[keep]], top[keep]
         k = min(len(scores), 2 * k)
 
 
-def _top_then_valid_boxes(
+def _top_then_valid_anchors(
     anchors: Tensor,
     scores: Tensor,
     deltas: Tensor,
@@ -111,16 +130,24 @@ def _top_then_valid_boxes(
     coder: BoxCoder,
     top_n: int,
     min_size: float,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Of the ``top_n`` highest-scoring anchors of one image (best first), the decoded, clipped
-    boxes that are finite and at least ``min_size`` on both sides (torchvision's order)."""
+    boxes that are finite and at least ``min_size`` on both sides (torchvision's order): (boxes,
+    scores, their anchors' indices)."""
     s, top = scores[None].topk(min(len(scores), top_n), dim=1)  # [1, R] as torchvision: same order of ties
     s, top = s[0], top[0]
     boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
     valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
     keep = valid.nonzero(as_tuple=True)[0]
     keep = keep[remove_small_boxes(boxes[keep], min_size)]
-    return boxes[keep], s[keep]
+    return boxes[keep], s[keep], top[keep]
+
+
+def _top_valid_boxes(anchors: Tensor, scores: Tensor, deltas: Tensor, size: tuple[int, int], *, coder: BoxCoder,
+                     top_n: int, min_size: float) -> tuple[Tensor, Tensor]:
+    """(boxes, scores) of :func:`_top_valid_anchors`."""
+    boxes, s, _ = _top_valid_anchors(anchors, scores, deltas, size, coder=coder, top_n=top_n, min_size=min_size)
+    return boxes, s
 
 
 def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:

@@ -97,14 +97,17 @@ class RoIHeads(nn.Module):
 
     def sample(
         self, features: Features, proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor],
-        gt_labels: Sequence[Tensor],
+        gt_labels: Sequence[Tensor], *, keep_graph: bool = False,
     ) -> list[Sampled]:
-        """The training RoIs of each image (hard mining scores them with this head, no gradient)."""
+        """The training RoIs of each image (hard mining scores them with this head, no gradient);
+        ``keep_graph``: the RoIs keep the proposals' autograd graph."""
 
         def example_losses(rois: list[Tensor], labels: Tensor, matched: Tensor) -> Tensor:
             logits, deltas = self({k: f.detach() for k, f in features.items()}, rois)
             return self.loss_fn.example_losses(logits, deltas, torch.cat(rois), labels, matched, self.coder)
 
+        if keep_graph:
+            return self.sampling(proposals, gt_boxes, gt_labels, example_losses, keep_graph=True)
         return self.sampling(proposals, gt_boxes, gt_labels, example_losses)
 
     def loss(
@@ -114,10 +117,22 @@ class RoIHeads(nn.Module):
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]],
+        *,
+        box_gradient: bool = False,
     ) -> dict[str, Tensor]:
-        """``roi_cls`` and ``roi_reg`` on the sampled RoIs (see :class:`~.losses.FastRCNNLoss`)."""
-        sampled = self.sample(features, proposals, gt_boxes, gt_labels)
+        """``roi_cls`` and ``roi_reg`` on the sampled RoIs (see :class:`~.losses.FastRCNNLoss`).
+
+        ``box_gradient`` (non-approximate joint training): ``proposals`` carry gradient and the
+        sampled RoIs keep it into the pooling (:class:`~.pooler.RoIPooler` then warps them
+        differentiably), so both losses reach the proposals' coordinates through the pooled
+        features, and only that way: the regression targets are encoded from the detached RoIs
+        (the head's regression loss is a function of its own deltas, as detectron2 and
+        mmdetection detach their targets), so no gradient flows through the targets.
+        """
+        sampled = self.sample(features, proposals, gt_boxes, gt_labels, keep_graph=box_gradient)
         class_logits, box_deltas = self(features, [r for r, _, _ in sampled])
+        if box_gradient:
+            sampled = [(r.detach(), lab, m) for r, lab, m in sampled]
         return self.loss_fn(class_logits, box_deltas, sampled, self.coder, "roi")
 
     def class_boxes(

@@ -6,6 +6,10 @@ Shapes: P proposals of one image, G gt boxes, S sampled RoIs; K object classes.
 A sampled image is a triple ``(rois [S, 4], labels [S] 0..K, matched gt boxes [S, 4])`` with the
 foreground RoIs first; a background RoI's "matched box" is the RoI itself, so that no NaN can
 arise downstream.
+
+Proposals that carry gradient (non-approximate joint training, ``keep_graph=True``) are labelled
+and sampled on their detached values, and the kept RoIs are taken from the attached proposals, so
+they keep their graph (the appended gt boxes carry none); by default everything is detached.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ ExampleLossFn = Callable[[list[Tensor], Tensor, Tensor], Tensor]
 
 def match_rois(proposals: Tensor, gt_boxes: Tensor, matcher: Matcher) -> Tensor:
     """[P] gt index of each proposal, or BACKGROUND / IGNORE (see :mod:`.matching`)."""
+    proposals = proposals.detach()  # matching is a discrete choice
     if len(gt_boxes):
         iou = box_iou(gt_boxes.to(proposals.dtype), proposals)
     else:
@@ -42,7 +47,7 @@ def take_rois(
     idx = torch.cat((pos, neg))
     rois = proposals[idx]
     labels = torch.zeros(len(idx), dtype=torch.int64, device=proposals.device)
-    matched_boxes = rois.clone()
+    matched_boxes = rois.detach().clone()
     if len(pos):
         labels[: len(pos)] = gt_labels[matched[pos]]
         matched_boxes[: len(pos)] = gt_boxes[matched[pos]].to(rois.dtype)
@@ -83,12 +88,16 @@ class RoISampling:
         gt_boxes: Sequence[Tensor],
         gt_labels: Sequence[Tensor],
         example_losses: ExampleLossFn | None = None,
+        *,
+        keep_graph: bool = False,
     ) -> list[Sampled]:
         """Per image (rois, labels, matched gt boxes). Mining needs ``example_losses``, the
-        current head's loss of each candidate (computed without gradients)."""
+        current head's loss of each candidate (computed without gradients). ``keep_graph``: the
+        rois keep the proposals' autograd graph (the labels and matched boxes never have one)."""
         if self.add_gt_as_proposals:
             proposals = add_gt_boxes(proposals, gt_boxes)
-        proposals = [p.detach() for p in proposals]
+        if not keep_graph:
+            proposals = [p.detach() for p in proposals]
         if self.miner is None:
             return [sample_rois(p, g, lab, matcher=self.matcher, sampler=self.sampler)
                     for p, g, lab in zip(proposals, gt_boxes, gt_labels)]
@@ -97,7 +106,8 @@ class RoISampling:
         candidates = [label_rois(p, g, lab, matcher=self.matcher)
                       for p, g, lab in zip(proposals, gt_boxes, gt_labels)]
         with torch.no_grad():
-            losses = example_losses([r for r, _, _ in candidates], torch.cat([lab for _, lab, _ in candidates]),
+            losses = example_losses([r.detach() for r, _, _ in candidates],
+                                    torch.cat([lab for _, lab, _ in candidates]),
                                     torch.cat([m for _, _, m in candidates]))
         out, start = [], 0
         for r, lab, m in candidates:

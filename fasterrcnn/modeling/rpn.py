@@ -152,9 +152,13 @@ class RegionProposalNetwork(nn.Module):
         )
 
     def propose(
-        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], *, training: bool
+        self, out: RPNOutput, image_sizes: Sequence[tuple[int, int]], *, training: bool,
+        differentiable: bool = False,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Proposals (boxes, objectness probabilities) per image with the train or test settings."""
+        """Proposals (boxes, objectness probabilities) per image with the train or test settings.
+
+        ``differentiable`` (non-approximate joint training): the boxes carry the gradient of
+        ``out.anchor_deltas`` (the same boxes; see :func:`~.proposals.select_proposals`)."""
         s = self.train_settings if training else self.test_settings
         logits = at_least_float32(out.objectness_logits)
         boxes, scores = select_proposals(
@@ -170,6 +174,7 @@ class RegionProposalNetwork(nn.Module):
             min_size=s.min_size,
             top_n_first=s.top_n_first,
             score_thresh=s.score_thresh,
+            differentiable=differentiable,
         )
         return boxes, [torch.sigmoid(x) for x in scores]  # sigmoid(fg - bg) = softmax fg prob
 
