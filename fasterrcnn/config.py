@@ -250,6 +250,10 @@ class ModelConfig:
     # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
     # with mixed precision on GPUs
     channels_last: bool = False
+    # start from a trained detector: a fasterrcnn checkpoint (e.g. one written by `fasterrcnn
+    # import`) whose weights are loaded over the whole network, except tensors whose shapes differ
+    # (the class-specific predictor, when the classes differ), which keep their fresh init
+    weights: str | None = None
 
 
 # train.schedule (the paper's §3.2; see fasterrcnn.engine): approximate joint, 4-step alternating,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, ConfigError
-from .engine.checkpoint import export_weights, load_state_strict
+from .engine.checkpoint import CheckpointError, export_weights, load_state_strict
 from .modeling.backbones.common import read_state_dict
 from .modeling.backbones.fpn import from_torchvision_state
 from .modeling.builder import build_model
@@ -107,6 +107,10 @@ def import_torchvision(name: str, out: str | os.PathLike, state_dict: str | os.P
     cfg = _with_classes(cfg, num_classes) if num_classes != cfg.model.num_classes else cfg
     classes = coco_classes() if num_classes == 90 else tuple(f"class{i}" for i in range(1, num_classes + 1))
     model = build_model(cfg.model, load_backbone_weights=False)
-    load_state_strict(model, convert_state(state), str(state_dict or name))
+    try:
+        load_state_strict(model, convert_state(state), str(state_dict or name))
+    except CheckpointError as exc:
+        raise TorchvisionImportError(f"{state_dict or name}: not the weights of torchvision's {name} "
+                                     f"({str(exc).split(': ', 1)[-1]})") from None
     export_weights(Path(out), model=model.state_dict(), cfg=cfg, classes=classes)
     return Path(out)

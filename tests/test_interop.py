@@ -121,3 +121,50 @@ def test_import_errors_name_the_problem(tmp_path):
     torch.save({"a": torch.zeros(1)}, junk)
     with pytest.raises(TorchvisionImportError, match="not a torchvision Faster R-CNN"):
         import_torchvision("fasterrcnn_resnet50_fpn", tmp_path / "x.pt", junk)
+
+
+def _mobilenet_320_state(tmp_path):
+    tv = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    path = tmp_path / "mnv3_320.pth"
+    torch.save(tv.state_dict(), path)
+    return tv, path
+
+
+def test_import_command_and_fine_tuning_from_it(tmp_path, capsys):
+    from fasterrcnn.cli import main
+
+    tv, path = _mobilenet_320_state(tmp_path)
+    ckpt = tmp_path / "coco.pt"
+    assert main(["import", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--from-state-dict", str(path),
+                 "--out", str(ckpt)]) == 0
+    assert f"wrote {ckpt}" in capsys.readouterr().out
+    # fine-tuning on the built-in data's 5 classes: 0 iterations writes the starting weights,
+    # which are the checkpoint's except the class-specific predictor (fresh, 5 + 1 classes)
+    out = tmp_path / "ft"
+    assert main(["train", "--init", str(ckpt), "--data", "shapes:train:4", "--out", str(out), "--iters", "0",
+                 "--no-progress", "--set", "train.num_workers=0"]) == 0
+    start = torch.load(ckpt, weights_only=True)["model"]
+    model, cfg, classes = load_model(out / "model_final.pt")
+    assert classes == ("ellipse", "rectangle", "triangle", "cross", "ring") and cfg.model.num_classes == 5
+    assert cfg.model.backbone.name == "mobilenet_v3_large_fpn" and cfg.model.input.min_size_test == 320
+    state = model.state_dict()
+    fresh = {k for k in state if k.startswith("roi_heads.predictor.")}
+    assert all(torch.equal(state[k], start[k]) for k in state if k not in fresh)
+    assert state["roi_heads.predictor.cls_score.weight"].shape == (6, 1024)
+    # --init takes the model from the checkpoint: a preset as well is refused
+    assert main(["train", "--init", str(ckpt), "--preset", "resnet50-fpn", "--data", "shapes:train:4",
+                 "--out", str(tmp_path / "x"), "--iters", "0", "--no-progress"]) == 2
+    assert "leave out --preset" in capsys.readouterr().err
+
+
+def test_import_command_errors(tmp_path, capsys):
+    from fasterrcnn.cli import main
+
+    assert main(["import", "detectron2:faster_rcnn_R_50_FPN_1x", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "import expects torchvision:NAME" in capsys.readouterr().err
+    _, path = _mobilenet_320_state(tmp_path)
+    assert main(["import", "torchvision:fasterrcnn_resnet50_fpn", "--from-state-dict", str(path),
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not the weights of torchvision's fasterrcnn_resnet50_fpn" in err and "Traceback" not in err
+    assert not (tmp_path / "x.pt").exists()

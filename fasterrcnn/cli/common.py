@@ -13,6 +13,7 @@ from ..config import Config, ConfigError, from_dict, override, parse_overrides, 
 from ..presets import preset
 
 log = logging.getLogger("fasterrcnn")
+DEFAULT_PRESET = "tiny-shapes"  # train's preset when none is named
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -32,10 +33,21 @@ def set_threads(threads: int | None) -> None:
 
 
 def build_config(args: argparse.Namespace, num_classes: int | None = None) -> Config:
-    """Preset, then ``--config`` file, then the dedicated flags, then ``--set`` overrides."""
+    """Preset (or, with ``--init CKPT``, the checkpoint's config, starting from its weights),
+    then ``--config`` file, then the dedicated flags, then ``--set`` overrides."""
     import json
 
-    cfg = preset(args.preset)
+    init = getattr(args, "init", None)
+    if init:
+        if getattr(args, "preset", None):
+            raise ConfigError("--init takes the model and its training settings from the checkpoint; "
+                              "leave out --preset (change settings with --set)")
+        from ..engine.checkpoint import checkpoint_config, load_checkpoint
+
+        cfg = checkpoint_config(load_checkpoint(init), init)
+        cfg = override(cfg, {"model.weights": str(init), "model.backbone.weights": None})
+    else:
+        cfg = preset(getattr(args, "preset", None) or DEFAULT_PRESET)
     if getattr(args, "config", None):
         path = Path(args.config)
         try:

@@ -12,6 +12,7 @@ from .demo import DEMO_OUT, cmd_demo
 from .detect import cmd_detect
 from .evaluate import cmd_eval
 from .export import add_export_parser
+from .import_model import add_import_parser
 from .presets import cmd_presets
 from .train import cmd_train
 
@@ -114,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "shapes[:SPLIT[:N]]; join several with +")
     p.add_argument("--val-data", default=None, help="data spec to evaluate on")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", default="tiny-shapes", choices=list(PRESETS), help="model/training preset")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="model/training preset (default: tiny-shapes)")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="fine-tune a trained detector (e.g. one written by `fasterrcnn import`): its "
+                   "model and training settings, all its weights but the class-specific predictor "
+                   "when the classes differ")
     p.add_argument("--config", default=None, help="JSON file of config overrides (nested like the preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. "
                    "--set train.lr=0.01 --set model.anchors.sizes=[32,64,128] (repeatable)")
@@ -207,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=None, help="list at most N problems")
     _add_image_reading(p)
     p.set_defaults(func=cmd_check_data)
+
+    add_import_parser(sub)
 
     add_export_parser(sub)
 

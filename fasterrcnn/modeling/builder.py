@@ -6,11 +6,13 @@ Every other module of :mod:`fasterrcnn.modeling` takes plain arguments; this one
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from ..config import BackboneConfig, ConfigError, ModelConfig, TestAugConfig
 from .anchors import AnchorGenerator
-from .backbones import TINY_STRIDES, Backbone, MobileNetV2, Tiny, VGG16, ZF
+from .backbones import TINY_STRIDES, Backbone, BackboneWeightsError, MobileNetV2, Tiny, VGG16, ZF, read_state_dict
 from .backbones.mobilenet_v3 import MobileNetV2FPN, MobileNetV3LargeFPN
 from .backbones.resnet import ResNetC4, ResNetC5Head, ResNetFPN
 from .box_coding import BoxCoder
@@ -64,8 +66,8 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
 def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> FasterRCNN:
     """The network a ModelConfig describes (random init unless backbone weights are given).
 
-    ``load_backbone_weights=False`` leaves ``cfg.backbone.weights`` unread (the architecture is
-    the same): for loading a checkpoint, whose state dict has every weight.
+    ``load_backbone_weights=False`` leaves ``cfg.backbone.weights`` and ``cfg.weights`` unread
+    (the architecture is the same): for loading a checkpoint, whose state dict has every weight.
     """
     backbone = build_backbone(cfg.backbone, load_weights=load_backbone_weights)
     strides = backbone.strides
@@ -146,8 +148,31 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
         size_divisible=i.size_divisible,
         size_rounding=i.size_rounding,
     )
-    return FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes,
-                      channels_last=cfg.channels_last)
+    model = FasterRCNN(backbone, rpn, roi_heads, transform, num_classes=cfg.num_classes,
+                       channels_last=cfg.channels_last)
+    if cfg.weights is not None and load_backbone_weights:
+        init_from_checkpoint(model, cfg.weights)
+    return model
+
+
+def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
+    """Load a detector's weights from ``path`` (a fasterrcnn checkpoint or a state dict in our
+    names) into ``model``; tensors whose shapes differ keep their init (fine-tuning on other
+    classes re-initialises the class-specific predictor). Returns the names of those tensors.
+    Any other difference (missing or unexpected names: another architecture) raises."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise BackboneWeightsError(
+            f"{path}: not a checkpoint of this architecture (missing {len(missing)} tensor(s), e.g. "
+            f"{', '.join(missing[:3]) or '-'}; unexpected {len(unexpected)}, e.g. {', '.join(unexpected[:3]) or '-'})")
+    fresh = [k for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
+    model.load_state_dict({k: (own[k] if k in fresh else state[k]) for k in own})
+    if fresh:
+        logging.getLogger("fasterrcnn").info("%s: kept the fresh init of %s (other shapes here)", path, ", ".join(fresh))
+    return fresh
 
 
 def build_predictor(model: FasterRCNN, cfg: ModelConfig, *, test_aug: TestAugConfig | None = None,
