@@ -5,6 +5,7 @@ from torchvision.ops import box_iou
 from fasterrcnn.config import override
 from fasterrcnn.presets import preset
 from fasterrcnn.modeling.builder import build_model, build_predictor
+from helpers import favour_class
 
 TINY = {
     "model.num_classes": 2,
@@ -121,12 +122,16 @@ def test_loss_dict_keys_stages_and_empty_images():
 
 
 def test_predict_and_propose_in_original_coordinates():
+    torch.manual_seed(0)
     model = build_model(override(preset("tiny-shapes"), TINY).model)
+    favour_class(model, 2)
     img = torch.rand(3, 48, 64)  # upscaled to 96 x 128 inside the model
     det = model.predict([img])[0]
-    assert det["boxes"].shape[1] == 4
-    if len(det["boxes"]):
-        assert det["boxes"][:, 2].max() <= 64 and det["boxes"][:, 3].max() <= 48
+    assert len(det["boxes"]) > 0 and (det["labels"] == 2).all()
+    assert det["boxes"][:, 2].max() <= 64 and det["boxes"][:, 3].max() <= 48
+    # the same boxes as the model's input-scale candidates, halved back to the image's pixels
+    scores, boxes = model.candidates([img])[0]
+    assert scores.shape[1] == 2 and boxes.shape[1:] == (2, 4) and boxes[..., 2].max() <= 64
     props = model.propose([img])[0]
     assert len(props["boxes"]) <= 150 and props["boxes"][:, 2].max() <= 64
     assert len(model.propose([img], training_settings=True)[0]["boxes"]) >= len(props["boxes"])
