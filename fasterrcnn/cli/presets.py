@@ -10,7 +10,12 @@ from ..presets import PRESETS, preset
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in PRESETS:
         m = preset(name).model
-        print(f"{name:20s} backbone {m.backbone.name} (stride {m.backbone.stride}), {m.num_classes} classes, "
-              f"anchors {list(m.anchors.sizes)} x {list(m.anchors.aspect_ratios)}, "
-              f"input {m.input.min_size_train}/{m.input.max_size_train}")
+        a = m.anchors
+        fpn = m.backbone.name.endswith("_fpn")
+        where = "feature pyramid" if fpn else f"stride {m.backbone.stride}"
+        sizes = ("per level " + " ".join(str([int(s) for s in level]) for level in a.sizes_per_level)
+                 if a.sizes_per_level else str([int(s) if float(s).is_integer() else s for s in a.sizes]))
+        print(f"{name:20s} backbone {m.backbone.name} ({where}), {m.num_classes} classes, "
+              f"anchors {sizes} x {list(a.aspect_ratios)}, "
+              f"input {list(m.input.min_size_train)}/{m.input.max_size_train}")
     return 0
