@@ -33,6 +33,7 @@ from ..data.loader import build_train_loader
 from . import distributed as dist_utils
 from .checkpoint import export_weights, load_state_strict, remove_stale_temp_files, save_checkpoint
 from .guard import keep_good_checkpoint, keep_previous, previous_path
+from .exact_joint import ExactJointLoss, validate_exact_joint
 from .guard import NonFiniteGuard, check_finite_weights
 from .logger import TrainLogger, truncate_log
 from .lr_schedule import StepWarmupScheduler
@@ -81,36 +82,6 @@ def _validate(cfg: Config, classes: Sequence[str]) -> None:
         raise ConfigError(
             f"{len(classes)} class names given but model.num_classes={cfg.model.num_classes}"
         )
-
-
-def validate_exact_joint(cfg: Config) -> None:
-    """ConfigError unless the model can be trained with non-approximate joint training: the box
-    gradient needs RoIAlign-style pooling with a fixed sampling ratio and the plain RoI head."""
-    h = cfg.model.roi_head
-    if h.pooler != "roi_align":
-        raise ConfigError(
-            f"train.schedule='exact-joint' needs model.roi_head.pooler='roi_align', got {h.pooler!r}: "
-            "RoI max pooling has no useful gradient w.r.t. the box coordinates"
-        )
-    if h.sampling_ratio <= 0:
-        raise ConfigError(
-            f"train.schedule='exact-joint' needs model.roi_head.sampling_ratio > 0, got {h.sampling_ratio}: "
-            "the adaptive ratio is a discrete function of the box size"
-        )
-    if h.cascade_ious:
-        raise ConfigError("train.schedule='exact-joint' does not support cascade heads (model.roi_head.cascade_ious)")
-
-
-class ExactJointLoss(nn.Module):
-    """``loss(images, targets)`` = ``detector.loss(images, targets, exact=True)``; the detector is
-    its only child (same modules for DDP and SyncBatchNorm, same checkpoint as the detector)."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        return self.detector.loss(images, targets, exact=True)
 
 
 # --------------------------------------------------------------------------- the loop
