@@ -15,7 +15,6 @@ Boxes are xyxy in continuous pixel coordinates (a box over pixel columns 0..w-1 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -98,14 +97,6 @@ class DetectionDataset(Protocol):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]: ...
 
     def annotation(self, index: int) -> Annotation: ...
-
-
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as a uint8 RGB tensor [3, H, W] with the default reading rules
-    (:class:`fasterrcnn.data.images.ImageReader`); DataError naming the file if bad."""
-    from fasterrcnn.data.images import DEFAULT_READER
-
-    return DEFAULT_READER.load(path)
 
 
 class ConcatDataset:
