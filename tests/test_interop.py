@@ -15,7 +15,7 @@ import torchvision
 
 from fasterrcnn.engine.checkpoint import load_model
 from fasterrcnn.interop import (
-    TORCHVISION_DETECTORS, TorchvisionImportError, coco_classes, convert_state, import_torchvision,
+    TorchvisionImportError, coco_classes, convert_state, import_torchvision,
 )
 
 

@@ -88,6 +88,18 @@ def select_proposals(
     return out_boxes, out_scores
 
 
+def _decode_valid(
+    anchors: Tensor, deltas: Tensor, s: Tensor, top: Tensor, size: tuple[int, int], coder: BoxCoder,
+    min_size: float,
+) -> tuple[Tensor, Tensor]:
+    """(boxes of the anchors ``top`` decoded and clipped, the positions among them of the valid
+    ones: finite score ``s`` and box, at least ``min_size`` on both sides), in ``top``'s order."""
+    boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
+    valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
+    keep = valid.nonzero(as_tuple=True)[0]
+    return boxes, keep[remove_small_boxes(boxes[keep], min_size)]
+
+
 def _top_valid_anchors(
     anchors: Tensor,
     scores: Tensor,
@@ -111,10 +123,7 @@ def _top_valid_anchors(
     k = min(len(scores), 2 * top_n)
     while True:
         s, top = ranked.topk(k)  # sorted, best first
-        boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
-        valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
-        keep = valid.nonzero(as_tuple=True)[0]
-        keep = keep[remove_small_boxes(boxes[keep], min_size)]
+        boxes, keep = _decode_valid(anchors, deltas, s, top, size, coder, min_size)
         if len(keep) >= top_n or k == len(scores):
             keep = keep[:top_n]
             return boxes[keep], scores[top[keep]], top[keep]
@@ -136,10 +145,7 @@ def _top_then_valid_anchors(
     scores, their anchors' indices)."""
     s, top = scores[None].topk(min(len(scores), top_n), dim=1)  # [1, R] as torchvision: same order of ties
     s, top = s[0], top[0]
-    boxes = clip_boxes_to_image(coder.decode(deltas[top], anchors[top]), size)
-    valid = torch.isfinite(s) & torch.isfinite(boxes).all(dim=1)
-    keep = valid.nonzero(as_tuple=True)[0]
-    keep = keep[remove_small_boxes(boxes[keep], min_size)]
+    boxes, keep = _decode_valid(anchors, deltas, s, top, size, coder, min_size)
     return boxes[keep], s[keep], top[keep]
 
 
