@@ -33,15 +33,14 @@ def _as_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros((0, 5))
 
 
-def _axis(v: Tensor, n: int | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _axis(v: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Bilinear neighbours along one axis of length ``n`` (torchvision's border rules):
-    (low index, high index, low weight, high weight, inside mask). ``n`` is one length, or one
-    per row of ``v`` ([R, 1])."""
+    (low index, high index, low weight, high weight, inside mask)."""
     inside = (v >= -1.0) & (v <= n)
     v = v.clamp(min=0.0)
     low = v.floor().long()
     top = low >= n - 1
-    low = torch.where(top, torch.as_tensor(n - 1, device=v.device).expand_as(low), low)
+    low = low.clamp(max=n - 1)
     high = torch.where(top, low, low + 1)
     frac = torch.where(top, torch.zeros_like(v), v - low.to(v.dtype))
     return low, high, 1.0 - frac, frac, inside
