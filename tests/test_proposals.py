@@ -3,7 +3,7 @@ import math
 import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.proposals import _top_valid_boxes, add_gt_boxes, select_proposals
+from fasterrcnn.modeling.proposals import _top_valid_anchors, add_gt_boxes, select_proposals
 
 ANCHORS = torch.tensor(
     [
@@ -95,7 +95,7 @@ def test_decoding_only_the_best_anchors_gives_the_same_boxes():
         top_n = (50, 400, 2000)[trial % 3]
         ref_boxes, ref_scores = _select_by_decoding_everything(
             anchors, scores, deltas, (160, 180), coder, top_n, 8.0)
-        boxes, s = _top_valid_boxes(anchors, scores, deltas, (160, 180), coder=coder, top_n=top_n,
+        boxes, s, _ = _top_valid_anchors(anchors, scores, deltas, (160, 180), coder=coder, top_n=top_n,
                                     min_size=8.0)
         assert len(boxes) == min(top_n, len(ref_boxes))
         torch.testing.assert_close(boxes, ref_boxes, rtol=0, atol=0)

@@ -149,13 +149,6 @@ def _top_then_valid_anchors(
     return boxes[keep], s[keep], top[keep]
 
 
-def _top_valid_boxes(anchors: Tensor, scores: Tensor, deltas: Tensor, size: tuple[int, int], *, coder: BoxCoder,
-                     top_n: int, min_size: float) -> tuple[Tensor, Tensor]:
-    """(boxes, scores) of :func:`_top_valid_anchors`."""
-    boxes, s, _ = _top_valid_anchors(anchors, scores, deltas, size, coder=coder, top_n=top_n, min_size=min_size)
-    return boxes, s
-
-
 def add_gt_boxes(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor]) -> list[Tensor]:
     """Append the ground-truth boxes to each image's proposals (training only)."""
     return [torch.cat((p, g.to(p.dtype)), dim=0) for p, g in zip(proposals, gt_boxes)]
