@@ -231,3 +231,23 @@ def test_resume_skips_finished_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for k in (2, 3, 4):
         assert not (run / f"step{k}" / "model_final.pt").exists()
     assert not (run / "model_final.pt").exists()
+
+
+def test_pretrained_mobilenet_v2_runs_all_four_steps(tmp_path: Path) -> None:
+    """Steps 3 and 4 rebuild the model from the earlier steps' weights without reading the ImageNet
+    file; they must still build the pretrained architecture (FrozenBatchNorm2d), or the saved
+    weights do not fit (a real failure of alternating training from ImageNet MobileNetV2)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mobilenet_v2_imagenet.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
+    cfg = override(alt_config(alternating_iters=[1, 1, 1, 1], max_iter=4, lr_steps=[]), {
+        "model.backbone.name": "mobilenet_v2", "model.backbone.weights": str(weights),
+        "model.backbone.stride": 16, "model.backbone.frozen_stages": 2,
+    })
+    summary = train_alternating(cfg, ToyDataset(4), out_dir=tmp_path / "run", classes=CLASSES,
+                                progress=False)
+    model, _, _ = load_model(summary["final_weights"])
+    assert isinstance(model.backbone.features[0][1], torchvision.ops.FrozenBatchNorm2d)
+    assert [s["step"] for s in summary["steps"]] == [1, 2, 3, 4]

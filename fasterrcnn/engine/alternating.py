@@ -246,11 +246,9 @@ def _build_step_model(
         if step == 2:
             proposal_fn = functools.partial(proposal_boxes, _proposer(out_dir, 1, dev))
     else:
-        # everything is loaded from earlier steps: skip reading the ImageNet file
-        no_init = dataclasses.replace(
-            cfg.model, backbone=dataclasses.replace(cfg.model.backbone, weights=None)
-        )
-        model = build_model(no_init)
+        # everything is loaded from earlier steps: skip reading the ImageNet file, but build the
+        # pretrained architecture (e.g. MobileNetV2's FrozenBatchNorm2d instead of BatchNorm2d)
+        model = build_model(cfg.model, load_backbone_weights=False)
         if step == 3:
             state = merge_states(_weights(out_dir, 2), _weights(out_dir, 1), "rpn.")
             where = f"{step_dir(out_dir, 2)} + {step_dir(out_dir, 1)} (RPN)"
