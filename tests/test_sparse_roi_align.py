@@ -113,3 +113,50 @@ def test_transpose_csr_equals_the_dense_transpose() -> None:
     torch.testing.assert_close(transpose_csr(a).to_dense(), a.to_dense().t())
     empty = torch.zeros(0, 5).to_sparse_csr()
     assert transpose_csr(empty).shape == (5, 0)
+
+
+def test_multi_level_pooler_is_sparse_in_training_only_and_matches_torchvision() -> None:
+    """FPN pooling: with gradients on (training) every level goes through the sparse product and
+    gives torchvision's values and feature gradients; inference keeps torchvision's op (parity
+    with imported torchvision detectors)."""
+    torch.manual_seed(0)
+    strides = {"p3": 8, "p4": 16, "p5": 32}
+    feats = {k: torch.randn(2, 4, 512 // s, 512 // s, requires_grad=True) for k, s in strides.items()}
+    # sizes (sqrt of the area) 22 and 92 px -> p3, 250 px -> p4, 480 and 500 px -> p5
+    boxes = [torch.tensor([[2.0, 3.0, 20.0, 30.0], [0.0, 10.0, 510.0, 500.0]]),
+             torch.tensor([[10.0, 10.0, 260.0, 260.0], [5.0, 40.0, 95.0, 132.0], [1.0, 1.0, 481.0, 481.0]])]
+    pooler = RoIPooler("roi_align", 7, strides, sampling_ratio=2, aligned=False)
+    calls = []
+    import fasterrcnn.modeling.pooler as pooler_module
+
+    real = pooler_module.sparse_roi_align
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    pooler_module.sparse_roi_align = spy
+    try:
+        out = pooler(feats, boxes)
+        with torch.no_grad():
+            pooler(feats, boxes)
+    finally:
+        pooler_module.sparse_roi_align = real
+    assert len(calls) == 3  # one call per level in training, none under no_grad
+    levels = pooler_module.assign_levels(torch.cat(boxes), list(strides.values()))
+    assert levels.tolist() == [0, 2, 1, 0, 2]  # every level is used
+    # the same numbers from torchvision's op, RoI by RoI on the level assign_levels picks
+    image = torch.tensor([0, 0, 1, 1, 1])
+    flat = torch.cat(boxes)
+    names = list(strides)
+    ref = torch.cat([
+        roi_align(feats[names[j]], torch.cat((image[i, None].float(), flat[i]))[None], 7,
+                  1.0 / strides[names[j]], 2, aligned=False)
+        for i, j in enumerate(levels.tolist())
+    ])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), list(feats.values()))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), list(feats.values()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)

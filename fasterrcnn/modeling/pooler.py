@@ -48,11 +48,11 @@ class RoIPooler(nn.Module):
     MultiPath network): the head then sees around the RoI, e.g. the rest of a partly hidden
     object whose proposal covers only one part. Empty (the paper): the RoI alone.
 
-    With one level, RoIAlign on float32 CPU features with a fixed ``sampling_ratio`` runs as a
-    sparse matrix product (:func:`~fasterrcnn.modeling.sparse_roi_align.sparse_roi_align`: the
-    same results up to float rounding, a training step's pooling about 3x faster); several
-    levels (FPN) and everything else go to ``torchvision.ops``, so that imported torchvision
-    detectors give torchvision's detections.
+    RoIAlign on float32 CPU features with a fixed ``sampling_ratio`` runs as a sparse matrix
+    product (:func:`~fasterrcnn.modeling.sparse_roi_align.sparse_roi_align`: the same results up
+    to float rounding, a training step's pooling about 3x faster) with one level, and with several
+    levels (FPN) when gradients are on (training); multi-level inference and everything else go to
+    ``torchvision.ops``, so that imported torchvision detectors give torchvision's detections.
 
     Boxes that carry gradient (non-approximate joint training: proposals attached to the RPN's
     deltas) are pooled with :func:`~fasterrcnn.modeling.roi_warp.roi_warp`, RoIAlign's numbers
@@ -134,7 +134,7 @@ class RoIPooler(nn.Module):
     def _sparse_ok(self, features: Tensor) -> bool:
         return (
             features.device.type == "cpu"
-            and len(self.strides) == 1
+            and (len(self.strides) == 1 or torch.is_grad_enabled())
             and features.dtype == torch.float32
             and self.sampling_ratio > 0
             and not torch.jit.is_scripting()
