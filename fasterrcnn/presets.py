@@ -7,6 +7,7 @@ paper's values from :mod:`fasterrcnn.config`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .config import (
@@ -165,6 +166,22 @@ def _mobilenetv2_trees() -> Config:
     )
 
 
+def _mobilenetv2_fpn_trees() -> Config:
+    """``mobilenetv2-trees`` with a feature pyramid: the same ImageNet MobileNetV2 (blocks 0-3
+    frozen), tiles, proposal counts, head and schedule, but an FPN over its stride-8/16/32 outputs
+    (plus a max-pooled stride-64 level for the RPN) instead of the single stride-8 map. Anchors
+    keep the single-map preset's 1.5x spacing, two sizes per level at 2-3.4x the level's stride
+    (16/24 px on P3 up to 180/270 px on P6); RoIAlign pools each box from the level its size picks
+    (crowns under 112 px from P3, which now carries the coarser levels' context)."""
+    base = _mobilenetv2_trees()
+    m = base.model
+    return replace(base, model=replace(
+        m,
+        backbone=BackboneConfig(name="mobilenet_v2_fpn", trainable_layers=3),
+        anchors=replace(m.anchors, sizes_per_level=((16.0, 24.0), (36.0, 54.0), (80.0, 120.0), (180.0, 270.0))),
+    ))
+
+
 def _torchvision_fpn(backbone: str, anchors: AnchorConfig, *, min_size: int = 800, max_size: int = 1333,
                      test_top_n: int = 1000, rpn_score_thresh: float = 0.0) -> Config:
     """torchvision's ``fasterrcnn_*_fpn`` detectors, setting for setting (so that their COCO
@@ -232,6 +249,7 @@ PRESETS: dict[str, Any] = {
     "zf-voc07": _zf_voc07,
     "tiny-shapes": _tiny_shapes,
     "mobilenetv2-trees": _mobilenetv2_trees,
+    "mobilenetv2-fpn-trees": _mobilenetv2_fpn_trees,
     "resnet50-fpn": lambda: _torchvision_fpn("resnet50_fpn", TORCHVISION_FPN_ANCHORS),
     "resnet101-fpn": lambda: _torchvision_fpn("resnet101_fpn", TORCHVISION_FPN_ANCHORS),
     "mobilenetv3-fpn": lambda: _torchvision_fpn("mobilenet_v3_large_fpn", MOBILENET_V3_ANCHORS, rpn_score_thresh=0.05),
