@@ -55,10 +55,12 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
         model, _, _ = load_model(args.checkpoint, device=device)
         weights = "checkpoint"
     else:
+        from ..config import override, parse_overrides
         from ..modeling.builder import build_model
         from ..presets import preset
 
-        model = build_model(preset(args.preset).model, load_backbone_weights=False).to(device)
+        cfg = override(preset(args.preset), parse_overrides(args.set)) if args.set else preset(args.preset)
+        model = build_model(cfg.model, load_backbone_weights=False).to(device)
         weights = "random"
     h, w = args.size_hw
     t = model.transform  # the network sees --size as it is: no resizing
@@ -76,6 +78,8 @@ def _check(args: argparse.Namespace) -> None:
 
     if not args.checkpoint and not args.preset:
         raise ConfigError("give --preset NAME or --checkpoint FILE")
+    if args.set and args.checkpoint:
+        raise ConfigError("--set overrides a preset; a checkpoint is timed as it was trained")
     args.size_hw = parse_size(args.size)
     for flag, value, low in (("--batch", args.batch, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
                              ("--gt-boxes", args.gt_boxes, 0), ("--train-batch", args.train_batch, 1),
@@ -300,6 +304,8 @@ def add_bench_parser(sub: Any, add_runtime: Callable[[argparse.ArgumentParser], 
                        description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--preset", default=None, help="preset to build with random weights (or --checkpoint)")
     p.add_argument("--checkpoint", default=None, help="model_final.pt or last.pt to time instead")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset field, e.g. model.channels_last=true (with --preset)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision (fp16: CUDA only)")
     p.add_argument("--size", default="600x1000", metavar="HxW", help="input size the network sees (default 600x1000)")
