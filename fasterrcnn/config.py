@@ -32,11 +32,22 @@ class BackboneConfig:
     weights: str | None = None  # local ImageNet state dict (torchvision layout accepted)
     frozen_stages: int = 2  # VGG: conv1-conv2 frozen as in the paper; ZF: conv1 (see backbones)
     # ResNet / MobileNet-FPN backbones: how many of the last stages train (torchvision's
-    # trainable_backbone_layers: 0-5 for ResNet, 0-6 for MobileNet); the rest, and every BatchNorm, frozen
+    # trainable_backbone_layers: 0-5 for ResNet, 0-6 for MobileNet); the rest, and every BatchNorm
+    # of the body, frozen
     trainable_layers: int = 3
+    # FPN backbones: "none" (lateral and output convs with bias) or "bn" (convs without bias, each
+    # followed by a trainable BatchNorm2d, as torchvision's fasterrcnn_resnet50_fpn_v2)
+    fpn_norm: str = "none"
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
     extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
+
+    def __post_init__(self) -> None:
+        if self.fpn_norm not in FPN_NORMS:
+            raise ConfigError(f"backbone.fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
+
+
+FPN_NORMS = ("none", "bn")  # BackboneConfig.fpn_norm
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ ANCHOR_STYLES = ("paper", "torchvision")
 @dataclass(frozen=True)
 class RPNConfig:
     conv_channels: int | None = None  # 3x3 conv width; None = backbone width (256 ZF, 512 VGG)
+    # 3x3 conv + ReLU layers before the cls/reg 1x1 convs: 1 (the paper), 2 (torchvision's v2)
+    conv_depth: int = 1
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
     allow_low_quality_matches: bool = True  # best anchor of each gt box is positive
@@ -98,6 +111,8 @@ class RPNConfig:
     positive_weighting: str = "anchor"
 
     def __post_init__(self) -> None:
+        if self.conv_depth < 1:
+            raise ConfigError(f"rpn.conv_depth must be >= 1, got {self.conv_depth}")
         if self.positive_weighting not in ("anchor", "box"):
             raise ConfigError(
                 f"rpn.positive_weighting must be 'anchor' or 'box', got {self.positive_weighting!r}"
@@ -112,8 +127,12 @@ class RoIHeadConfig:
     aligned: bool = True  # roi_align only: cell i at (i + 0.5) * stride; False: at i * stride
     # also pool each RoI enlarged by these factors (context for the head, concatenated); () = off
     context_scales: tuple[float, ...] = ()
-    representation_size: int = 4096  # fc6 / fc7 width
-    dropout: float = 0.5  # after fc6 and fc7 (VGG-style); 0 disables
+    # channels of 3x3 conv (no bias) + BatchNorm + ReLU layers on the pooled features, before
+    # the fc layers: () = none (the paper); (256, 256, 256, 256) in torchvision's v2 ("4conv1fc")
+    conv_layers: tuple[int, ...] = ()
+    fc_layers: int = 2  # fc + ReLU layers of representation_size: 2 = fc6 and fc7 (the paper)
+    representation_size: int = 4096  # width of every fc layer (fc6 / fc7)
+    dropout: float = 0.5  # after each fc layer (VGG-style); 0 disables
     batch_size_per_image: int = 128
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
@@ -151,6 +170,9 @@ class RoIHeadConfig:
     cascade_ious: tuple[float, ...] = ()
     cascade_loss_weight: float = 0.5
     def __post_init__(self) -> None:
+        object.__setattr__(self, "conv_layers", _positive_ints(self.conv_layers, "roi_head.conv_layers"))
+        if self.fc_layers < 1:
+            raise ConfigError(f"roi_head.fc_layers must be >= 1, got {self.fc_layers}")
         if any(not 0.0 < t < 1.0 for t in self.cascade_ious):
             raise ConfigError(f"roi_head.cascade_ious must be in (0, 1), got {self.cascade_ious}")
         if not self.cascade_loss_weight >= 0.0:
@@ -321,7 +343,8 @@ class Config:
 
 
 __all__ = [
-    "ANCHOR_STYLES", "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "InputConfig",
+    "ANCHOR_STYLES", "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "FPN_NORMS",
+    "InputConfig",
     "LR_SCHEDULES", "ModelConfig", "OPTIMIZERS", "RPNConfig", "RoIHeadConfig", "SCHEDULES", "SCORE_FUSIONS",
     "TestAugConfig", "TrainConfig", "from_dict", "override", "parse_overrides",
     "to_dict",

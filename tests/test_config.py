@@ -46,6 +46,10 @@ def test_override_from_command_line_strings():
     ("model.roi_head.context_scales", [1.5, -1], "context_scales must be positive"),
     ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),
     ("model.test_aug.min_sizes", ["big"], "min_sizes must be integers"),
+    ("model.backbone.fpn_norm", "gn", "fpn_norm must be one of"),
+    ("model.rpn.conv_depth", 0, "conv_depth must be >= 1"),
+    ("model.roi_head.conv_layers", [256, 0], "conv_layers must be positive"),
+    ("model.roi_head.fc_layers", 0, "fc_layers must be >= 1"),
 ])
 def test_bad_values_raise_config_errors(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -60,3 +64,10 @@ def test_round_trip_and_files_written_before_a_field_existed():
     del old["model"]["rpn"]["positive_weighting"], old["model"]["roi_head"]["aligned"]
     cfg = from_dict(Config, old)  # a checkpoint's config from before these fields: paper values
     assert cfg.model.rpn.positive_weighting == "anchor" and cfg.model.roi_head.aligned is True
+
+
+def test_fpn_norm_needs_a_pyramid():
+    from fasterrcnn.modeling.builder import build_model
+
+    with pytest.raises(ConfigError, match="fpn_norm='bn' needs a feature pyramid"):
+        build_model(override(preset("tiny-shapes"), {"model.backbone.fpn_norm": "bn"}).model)

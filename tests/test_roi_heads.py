@@ -8,7 +8,7 @@ from fasterrcnn.modeling.matching import Matcher
 from fasterrcnn.modeling.losses import FastRCNNLoss
 from fasterrcnn.modeling.pooler import RoIPooler, scale_boxes_about_centre
 from fasterrcnn.modeling.postprocess import DetectionSelector, class_boxes
-from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, RoIHeads
+from fasterrcnn.modeling.roi_heads import BoxHead, BoxPredictor, ConvFCBoxHead, RoIHeads
 from fasterrcnn.modeling.roi_sampling import RoISampling, label_rois, sample_rois
 from fasterrcnn.modeling.sampling import HardExampleMiner, Sampler
 
@@ -255,3 +255,37 @@ def test_class_agnostic_config_builds_the_smaller_head():
     assert model.roi_heads.stages[0].predictor.bbox_pred.out_features == 4
     default = build_model(preset("tiny-shapes").model)
     assert default.roi_heads.predictor.bbox_pred.out_features == 4 * 6
+
+
+def test_conv_fc_head_layers_and_shapes():
+    head = ConvFCBoxHead(8, 7, (16, 16), 32, num_fc=1)
+    assert [type(m).__name__ for m in head.convs[0]] == ["Conv2d", "BatchNorm2d"]
+    assert head.convs[0][0].bias is None and head.convs[1][0].weight.shape == (16, 16, 3, 3)
+    assert len(head.fcs) == 1 and head.fcs[0].in_features == 16 * 49 and head.out_features == 32
+    x = torch.randn(5, 8, 7, 7)
+    head.eval()
+    manual = x
+    for conv, bn in head.convs:
+        manual = torch.relu(bn(conv(manual)))
+    torch.testing.assert_close(head(x), torch.relu(head.fcs[0](manual.flatten(1))))
+    assert (head(x) >= 0).all() and head(x).shape == (5, 32)
+    two = ConvFCBoxHead(8, 7, (), 32, num_fc=2)  # no convs: fc layers on the flattened pool
+    assert len(two.convs) == 0 and two.fcs[0].in_features == 8 * 49 and two.fcs[1].in_features == 32
+
+
+def test_conv_fc_config_builds_its_head_and_the_default_stays_fc6_fc7():
+    from fasterrcnn.config import ConfigError, override
+    from fasterrcnn.presets import preset
+    from fasterrcnn.modeling.builder import build_model
+
+    cfg = override(preset("tiny-shapes"), {"model.roi_head.conv_layers": [16, 24], "model.roi_head.fc_layers": 1,
+                                           "model.roi_head.cascade_ious": [0.6]})
+    model = build_model(cfg.model)
+    head = model.roi_heads.box_head
+    assert isinstance(head, ConvFCBoxHead) and isinstance(model.roi_heads.stages[0].box_head, ConvFCBoxHead)
+    # tiny-shapes pools a context box too: the first conv sees both regions' channels
+    assert head.convs[0][0].in_channels == 2 * model.backbone.out_channels and head.convs[1][0].out_channels == 24
+    assert head.fcs[0].in_features == 24 * 49 and model.roi_heads.predictor.cls_score.in_features == 256
+    assert isinstance(build_model(preset("tiny-shapes").model).roi_heads.box_head, BoxHead)
+    with pytest.raises(ConfigError, match="res5 head takes no"):
+        build_model(override(preset("resnet50-c4"), {"model.roi_head.conv_layers": [256]}).model)

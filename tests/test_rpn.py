@@ -46,6 +46,25 @@ def test_head_shapes_and_channel_layout():
     assert (deltas[:, a == 2, 3] == 7.0).all() and (deltas[:, a != 2] == 0).all()
 
 
+def test_head_conv_depth_stacks_3x3_convs_before_the_outputs():
+    torch.manual_seed(0)
+    deep = RPNHead(4, 6, 3, conv_depth=3)
+    assert len(deep.extra_convs) == 2 and deep.extra_convs[0].weight.shape == (6, 6, 3, 3)
+    x = torch.randn(2, 4, 5, 6)
+    t = F.relu(deep.conv(x))
+    for conv in deep.extra_convs:
+        t = F.relu(conv(t))
+    logits, _ = deep(x)
+    torch.testing.assert_close(logits[..., 1], deep.cls_logits(t)[:, 3:].permute(0, 2, 3, 1).reshape(2, -1))
+    # depth 1 keeps the paper's head: the same parameters (names and values) as before conv_depth
+    torch.manual_seed(0)
+    one = RPNHead(4, 6, 3)
+    assert [k for k in one.state_dict()] == ["conv.weight", "conv.bias", "cls_logits.weight", "cls_logits.bias",
+                                             "bbox_pred.weight", "bbox_pred.bias"]
+    with pytest.raises(ValueError, match="conv_depth"):
+        RPNHead(4, 6, 3, conv_depth=0)
+
+
 def test_label_anchors_ignores_cross_boundary():
     anchors = torch.tensor([[0.0, 0, 32, 32], [-8, 0, 24, 32], [40, 40, 72, 72], [0, 0, 8, 8]])
     gt = torch.tensor([[-4.0, 0, 28, 32]])

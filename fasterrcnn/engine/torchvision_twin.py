@@ -10,7 +10,8 @@ What the twin takes from our model (:func:`build_twin`):
   * anchors: torchvision's ``AnchorGenerator`` with the sizes and aspect ratios of each level
     (read back from our base anchors), so the same A per position;
   * RPN head: torchvision's layout (one sigmoid logit per anchor) at our head's width (3x3 conv
-    C -> our ``conv_channels``); weights copied (objectness = our object - background logit);
+    C -> our ``conv_channels``, then our further 3x3 convs, if any); weights copied (objectness =
+    our object - background logit);
   * proposal counts, NMS thresholds, minimum proposal size, RPN and RoI sampling sizes, IoU
     thresholds, box-coder weights, score threshold, NMS and detections per image: ours;
   * Fast R-CNN head: torchvision's ``TwoMLPHead`` (fc6/fc7 of our sizes, our weights; no dropout,
@@ -65,6 +66,7 @@ class TwinRPNHead(nn.Module):
         super().__init__()
         a, conv = ours.num_anchors, ours.conv
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
+        self.extra_convs = copy.deepcopy(ours.extra_convs)  # rpn.conv_depth > 1
         self.cls_logits = nn.Conv2d(conv.out_channels, a, 1)
         self.bbox_pred = nn.Conv2d(conv.out_channels, 4 * a, 1)
         with torch.no_grad():
@@ -78,6 +80,8 @@ class TwinRPNHead(nn.Module):
         logits, deltas = [], []
         for feature in x:
             t = F.relu(self.conv(feature))
+            for conv in self.extra_convs:
+                t = F.relu(conv(t))
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return logits, deltas

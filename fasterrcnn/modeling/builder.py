@@ -10,7 +10,7 @@ import logging
 
 from torch import nn
 
-from ..config import BackboneConfig, ConfigError, ModelConfig, TestAugConfig
+from ..config import BackboneConfig, ConfigError, ModelConfig, RoIHeadConfig, TestAugConfig
 from .anchors import AnchorGenerator
 from .backbones import TINY_STRIDES, Backbone, BackboneWeightsError, MobileNetV2, Tiny, VGG16, ZF, read_state_dict
 from .backbones.mobilenet_v3 import MobileNetV2FPN, MobileNetV3LargeFPN
@@ -22,7 +22,7 @@ from .losses import FastRCNNLoss
 from .matching import Matcher
 from .pooler import RoIPooler
 from .postprocess import DetectionSelector
-from .roi_heads import BoxHead, BoxPredictor, RoIHeads
+from .roi_heads import BoxHead, BoxPredictor, ConvFCBoxHead, RoIHeads
 from .roi_sampling import RoISampling
 from .rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from .sampling import HardExampleMiner, Sampler
@@ -33,6 +33,7 @@ BACKBONES = ("vgg16", "zf", "tiny", "mobilenet_v2", "resnet50_c4", "resnet101_c4
              "resnet101_fpn", "mobilenet_v3_large_fpn", "mobilenet_v2_fpn")
 C4_BACKBONES = {"resnet50_c4": 50, "resnet101_c4": 101}  # res5 is the RoI head
 FPN_BACKBONES = {"resnet50_fpn": 50, "resnet101_fpn": 101}
+MOBILENET_FPN_BACKBONES = {"mobilenet_v3_large_fpn": MobileNetV3LargeFPN, "mobilenet_v2_fpn": MobileNetV2FPN}
 
 
 def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
@@ -40,6 +41,9 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
     pretrained config too) without reading ``cfg.weights``: for loading a checkpoint, which holds
     every weight, on a machine where the ImageNet file is absent."""
     weights = cfg.weights if load_weights else None
+    norm_layer = nn.BatchNorm2d if cfg.fpn_norm == "bn" else None  # the pyramid's convs
+    if norm_layer is not None and cfg.name not in (*FPN_BACKBONES, *MOBILENET_FPN_BACKBONES):
+        raise ConfigError(f"backbone.fpn_norm={cfg.fpn_norm!r} needs a feature pyramid; {cfg.name} has none")
     if cfg.name in ("vgg16", "zf"):
         if cfg.stride != 16:
             raise ConfigError(f"backbone {cfg.name} has stride 16, config says {cfg.stride}")
@@ -55,11 +59,9 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
     if cfg.name in C4_BACKBONES:
         return ResNetC4(C4_BACKBONES[cfg.name], weights, cfg.trainable_layers)
     if cfg.name in FPN_BACKBONES:
-        return ResNetFPN(FPN_BACKBONES[cfg.name], weights, cfg.trainable_layers)
-    if cfg.name == "mobilenet_v3_large_fpn":
-        return MobileNetV3LargeFPN(weights, cfg.trainable_layers)
-    if cfg.name == "mobilenet_v2_fpn":
-        return MobileNetV2FPN(weights, cfg.trainable_layers)
+        return ResNetFPN(FPN_BACKBONES[cfg.name], weights, cfg.trainable_layers, norm_layer=norm_layer)
+    if cfg.name in MOBILENET_FPN_BACKBONES:
+        return MOBILENET_FPN_BACKBONES[cfg.name](weights, cfg.trainable_layers, norm_layer=norm_layer)
     raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
@@ -79,7 +81,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     anchors = AnchorGenerator(sizes, a.aspect_ratios, strides, a.offset, a.style)
     r = cfg.rpn
     rpn = RegionProposalNetwork(
-        RPNHead(backbone.out_channels, r.conv_channels or backbone.out_channels, anchors.num_anchors),
+        RPNHead(backbone.out_channels, r.conv_channels or backbone.out_channels, anchors.num_anchors, r.conv_depth),
         anchors,
         matcher=Matcher(r.fg_iou_thresh, r.bg_iou_thresh, 0.0, r.allow_low_quality_matches),
         sampler=Sampler(r.batch_size_per_image, r.positive_fraction),
@@ -97,19 +99,20 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     h = cfg.roi_head
     pool_strides = {k: strides[k] for k in backbone.roi_levels}
     pooler = RoIPooler(h.pooler, h.pool_size, pool_strides, h.sampling_ratio, h.aligned, context_scales=h.context_scales)
-    in_features = backbone.out_channels * pooler.num_regions * h.pool_size**2
+    pooled_channels = backbone.out_channels * pooler.num_regions
     if cfg.backbone.name in C4_BACKBONES:  # res5 on the pooled res4 features, as in the ResNet paper
-        if h.context_scales or h.cascade_ious:
-            raise ConfigError("the C4 backbones' res5 head takes neither context_scales nor cascade_ious")
+        if h.context_scales or h.cascade_ious or h.conv_layers or h.fc_layers != 2:
+            raise ConfigError("the C4 backbones' res5 head takes no context_scales, cascade_ious, conv_layers "
+                              "or fc_layers")
         weights = cfg.backbone.weights if load_backbone_weights else None
         box_head: nn.Module = ResNetC5Head(C4_BACKBONES[cfg.backbone.name], weights, cfg.backbone.trainable_layers)
         head_width = ResNetC5Head.out_channels
     else:
-        box_head = BoxHead(in_features, h.representation_size, h.dropout)
+        box_head = _box_head(h, pooled_channels)
         head_width = h.representation_size
     state = backbone.box_head_state  # pretrained fc6/fc7 (VGG), where the sizes fit
-    if state is not None and all(tuple(state[f"{n}.weight"].shape) == tuple(getattr(box_head, n).weight.shape)
-                                 for n in ("fc6", "fc7")):
+    if state is not None and isinstance(box_head, BoxHead) and all(
+            tuple(state[f"{n}.weight"].shape) == tuple(getattr(box_head, n).weight.shape) for n in ("fc6", "fc7")):
         box_head.load_state_dict(state)
     parts = dict(
         sampling=RoISampling(
@@ -125,7 +128,7 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     if h.cascade_ious:
         stages = [
             RefineStage(
-                BoxHead(in_features, h.representation_size, h.dropout),
+                _box_head(h, pooled_channels),
                 BoxPredictor(h.representation_size, cfg.num_classes, h.class_agnostic_reg),
                 matcher=Matcher(iou, iou, 0.0, False),
                 coder=BoxCoder(tuple(w * k for w in h.box_weights)),
@@ -153,6 +156,14 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
     if cfg.weights is not None and load_backbone_weights:
         init_from_checkpoint(model, cfg.weights)
     return model
+
+
+def _box_head(h: RoIHeadConfig, in_channels: int) -> nn.Module:
+    """fc6/fc7 on the flattened pooled features (the paper), or the conv + fc head that
+    ``conv_layers`` / ``fc_layers`` ask for."""
+    if not h.conv_layers and h.fc_layers == 2:
+        return BoxHead(in_channels * h.pool_size**2, h.representation_size, h.dropout)
+    return ConvFCBoxHead(in_channels, h.pool_size, h.conv_layers, h.representation_size, h.fc_layers, h.dropout)
 
 
 def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:

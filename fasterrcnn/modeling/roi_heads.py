@@ -3,8 +3,9 @@
 Shapes: N images, R RoIs in the batch, C x P x P pooled features, K object classes (K + 1 with
 background).
 
-RoI pooling (7x7, :mod:`.pooler`) -> fc6 -> fc7 -> sibling outputs: ``class_logits`` [R, K+1]
-(softmax) and ``box_deltas`` [R, 4(K+1)] (class-specific regression, normalised targets).
+RoI pooling (7x7, :mod:`.pooler`) -> fc6 -> fc7 (:class:`BoxHead`; or 3x3 convs, then fc layers:
+:class:`ConvFCBoxHead`) -> sibling outputs: ``class_logits`` [R, K+1] (softmax) and
+``box_deltas`` [R, 4(K+1)] (class-specific regression, normalised targets).
 Training RoIs come from :mod:`.roi_sampling`, the losses from
 :class:`~.losses.FastRCNNLoss`, the final detections from :class:`~.postprocess.DetectionSelector`.
 """
@@ -38,6 +39,52 @@ class BoxHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.dropout(torch.relu(self.fc6(x.flatten(1))))
         return self.dropout(torch.relu(self.fc7(x)))
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)  # the BatchNorm has the bias
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+
+
+class ConvFCBoxHead(nn.Module):
+    """3x3 conv (no bias) + BatchNorm + ReLU layers on the pooled features [R, C, P, P]
+    (``convs``, widths ``conv_channels``), then flatten and ``num_fc`` layers of Linear + ReLU
+    [+ dropout] (``fcs``, width ``representation_size``).
+
+    torchvision's ``fasterrcnn_resnet50_fpn_v2`` head (detectron2's "4conv1fc") is
+    ``ConvFCBoxHead(256, 7, (256,) * 4, 1024, num_fc=1)``. The BatchNorm layers train with the
+    head (statistics over the batch's RoIs) and use their running statistics in eval mode.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        pool_size: int,
+        conv_channels: Sequence[int],
+        representation_size: int,
+        num_fc: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_fc < 1:
+            raise ValueError(f"num_fc must be >= 1, got {num_fc}")
+        widths = (in_channels, *conv_channels)
+        self.convs = nn.ModuleList(_conv_bn(cin, cout) for cin, cout in zip(widths, widths[1:]))
+        flat = widths[-1] * pool_size**2
+        self.fcs = nn.ModuleList(
+            nn.Linear(flat if i == 0 else representation_size, representation_size) for i in range(num_fc)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_features = representation_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.convs:
+            x = torch.relu(block(x))
+        x = x.flatten(1)
+        for fc in self.fcs:
+            x = self.dropout(torch.relu(fc(x)))
+        return x
 
 
 class BoxPredictor(nn.Module):

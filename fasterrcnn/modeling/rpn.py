@@ -28,18 +28,24 @@ POSITIVE_WEIGHTINGS = ("anchor", "box")  # see RegionProposalNetwork.loss
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then sibling 1x1 convs: cls (2A channels) and reg (4A channels).
+    """3x3 conv + ReLU (``conv_depth`` of them: ``conv``, then ``extra_convs``), then sibling 1x1
+    convs: cls (2A channels) and reg (4A channels).
 
     cls channels are laid out as [background of anchors 0..A-1, object of anchors 0..A-1].
+    ``conv_depth=2`` is torchvision's ``RPNHead(..., conv_depth=2)`` of ``fasterrcnn_resnet50_fpn_v2``.
     """
 
-    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int, conv_depth: int = 1) -> None:
         super().__init__()
+        if conv_depth < 1:
+            raise ValueError(f"conv_depth must be >= 1, got {conv_depth}")
         self.num_anchors = num_anchors
         self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.extra_convs = nn.ModuleList(nn.Conv2d(mid_channels, mid_channels, 3, padding=1)
+                                         for _ in range(conv_depth - 1))
         self.cls_logits = nn.Conv2d(mid_channels, 2 * num_anchors, 1)
         self.bbox_pred = nn.Conv2d(mid_channels, 4 * num_anchors, 1)
-        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+        for layer in (self.conv, *self.extra_convs, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
@@ -48,6 +54,8 @@ class RPNHead(nn.Module):
         n, _, h, w = features.shape
         a = self.num_anchors
         t = torch.relu(self.conv(features))
+        for conv in self.extra_convs:
+            t = torch.relu(conv(t))
         logits = self.cls_logits(t).view(n, 2, a, h, w).permute(0, 3, 4, 2, 1).reshape(n, -1, 2)
         deltas = self.bbox_pred(t).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         return logits, deltas
