@@ -11,12 +11,16 @@ ids COCO left unused are named ``N/A``, as in torchvision.
 What changes in the weights: the RPN's one objectness logit per anchor becomes our two-class
 pair (background logit 0, object logit torchvision's; softmax gives torchvision's sigmoid), the
 RPN conv and box predictor keys are renamed, and the backbone's frozen BatchNorm drops its
-``num_batches_tracked`` counters.
+``num_batches_tracked`` counters. For ``fasterrcnn_resnet50_fpn_v2`` also: the RPN's second conv
+(``rpn.head.conv.1.0``) becomes ``rpn.head.extra_convs.0`` and the layers of torchvision's
+``FastRCNNConvFCHead`` (an ``nn.Sequential``: conv blocks, flatten, Linear/ReLU pairs) become our
+:class:`~.modeling.roi_heads.ConvFCBoxHead`'s ``convs.{i}`` and ``fcs.{j}``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -33,6 +37,7 @@ from .presets import preset
 # torchvision builder name -> (our preset, torchvision weights enum)
 TORCHVISION_DETECTORS: dict[str, tuple[str, str]] = {
     "fasterrcnn_resnet50_fpn": ("resnet50-fpn", "FasterRCNN_ResNet50_FPN_Weights"),
+    "fasterrcnn_resnet50_fpn_v2": ("resnet50-fpn-v2", "FasterRCNN_ResNet50_FPN_V2_Weights"),
     "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenetv3-fpn", "FasterRCNN_MobileNet_V3_Large_FPN_Weights"),
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenetv3-320-fpn",
                                               "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights"),
@@ -50,18 +55,36 @@ def coco_classes() -> tuple[str, ...]:
     return tuple(_COCO_CATEGORIES[1:])
 
 
+_RPN_CONV = re.compile(r"rpn\.head\.conv\.(\d+)\.0\.")  # RPNHead: conv.{i} = Conv2dNormActivation(conv, ReLU)
+_BOX_HEAD_LAYER = re.compile(r"roi_heads\.box_head\.(\d+)\.")  # FastRCNNConvFCHead's layer index
+_BOX_HEAD_CONV = re.compile(r"roi_heads\.box_head\.(\d+)\.0\.weight")  # its conv blocks' convs
+
+
 def convert_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A torchvision ``FasterRCNN`` state dict in our module names (see the module docstring)."""
     out = {f"backbone.{k}": v for k, v in from_torchvision_state(dict(state)).items()}
+    num_box_convs = sum(1 for key in state if _BOX_HEAD_CONV.fullmatch(key))
     for key, value in state.items():
         if key.startswith("backbone."):
             continue
-        new = key.replace("rpn.head.conv.0.0.", "rpn.head.conv.").replace("roi_heads.box_predictor.",
-                                                                           "roi_heads.predictor.")
         if key.startswith("rpn.head.cls_logits."):  # one logit per anchor -> (background 0, object)
             value = torch.cat((torch.zeros_like(value), value), dim=0)
-        out[new] = value
+        out[_our_name(key, num_box_convs)] = value
     return out
+
+
+def _our_name(key: str, num_box_convs: int) -> str:
+    """Our name of a torchvision detector's RPN or RoI-head tensor ``key`` (pure)."""
+    rpn_conv = _RPN_CONV.match(key)
+    if rpn_conv:
+        i = int(rpn_conv.group(1))
+        return ("rpn.head.conv." if i == 0 else f"rpn.head.extra_convs.{i - 1}.") + key[rpn_conv.end():]
+    layer = _BOX_HEAD_LAYER.match(key)
+    if layer:  # conv blocks 0..n-1, Flatten at n, then Linear at n + 1, n + 3, ... (ReLUs between)
+        j = int(layer.group(1))
+        ours = f"convs.{j}" if j < num_box_convs else f"fcs.{(j - num_box_convs - 1) // 2}"
+        return f"roi_heads.box_head.{ours}." + key[layer.end():]
+    return key.replace("roi_heads.box_predictor.", "roi_heads.predictor.")
 
 
 def torchvision_config(name: str, num_classes: int = 90) -> Config:

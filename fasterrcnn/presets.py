@@ -223,6 +223,31 @@ TORCHVISION_FPN_ANCHORS = AnchorConfig(sizes_per_level=((32.0,), (64.0,), (128.0
 MOBILENET_V3_ANCHORS = AnchorConfig(sizes=(32.0, 64.0, 128.0, 256.0, 512.0), offset=0.0, style="torchvision")
 
 
+def _resnet50_fpn_v2() -> Config:
+    """torchvision's ``fasterrcnn_resnet50_fpn_v2`` (Li et al. 2021, "Benchmarking Detection
+    Transfer Learning with Vision Transformers"): ``resnet50-fpn`` with a BatchNorm after every
+    pyramid conv (the convs without bias), two 3x3 conv + ReLU layers in the RPN head instead of
+    one, and a box head of four 3x3 conv (256 channels, no bias) + BatchNorm + ReLU layers and
+    one 1024-wide fc instead of fc6/fc7. Anchors, 800/1333 input, proposal, RoI sampling and
+    detection settings are ``resnet50-fpn``'s (torchvision builds both with the same defaults).
+
+    The ResNet body's BatchNorm is frozen, as in ``resnet50-fpn``; torchvision builds v2's body
+    with BatchNorm2d and trains it. In eval mode both are the same fixed affine of the running
+    statistics, so imported weights detect as in torchvision. For fine-tuning at 2 images per
+    batch the body keeps the COCO statistics rather than replace them with two images'. The
+    pyramid's and the box head's BatchNorm layers train (statistics over whole maps and over the
+    sampled RoIs), as in torchvision.
+    """
+    base = _torchvision_fpn("resnet50_fpn", TORCHVISION_FPN_ANCHORS)
+    m = base.model
+    return replace(base, model=replace(
+        m,
+        backbone=replace(m.backbone, fpn_norm="bn"),
+        rpn=replace(m.rpn, conv_depth=2),
+        roi_head=replace(m.roi_head, conv_layers=(256, 256, 256, 256), fc_layers=1),
+    ))
+
+
 def _resnet_c4(depth: int) -> Config:
     """The ResNet paper's detector (He et al. 2016, as in detectron2's C4 recipe): res1-res4
     shared at stride 16 with the paper's RPN (15 anchors: 32-512 x 3 ratios), RoIAlign 14x14 on
@@ -251,6 +276,7 @@ PRESETS: dict[str, Any] = {
     "mobilenetv2-trees": _mobilenetv2_trees,
     "mobilenetv2-fpn-trees": _mobilenetv2_fpn_trees,
     "resnet50-fpn": lambda: _torchvision_fpn("resnet50_fpn", TORCHVISION_FPN_ANCHORS),
+    "resnet50-fpn-v2": _resnet50_fpn_v2,
     "resnet101-fpn": lambda: _torchvision_fpn("resnet101_fpn", TORCHVISION_FPN_ANCHORS),
     "mobilenetv3-fpn": lambda: _torchvision_fpn("mobilenet_v3_large_fpn", MOBILENET_V3_ANCHORS, rpn_score_thresh=0.05),
     "mobilenetv3-320-fpn": lambda: _torchvision_fpn("mobilenet_v3_large_fpn", MOBILENET_V3_ANCHORS, min_size=320,
