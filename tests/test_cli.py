@@ -61,6 +61,44 @@ def test_detect_folder_writes_pictures_and_coco_results(demo_dir, tmp_path, caps
     assert "1 unreadable file(s) skipped" in capsys.readouterr().out
 
 
+def test_detect_batches_images_of_one_size_and_gives_one_at_a_time_detections(demo_dir, tmp_path, monkeypatch):
+    """--batch-size N runs up to N images of the same size per pass (mixed sizes apart): the
+    detections of one image per pass, in file order."""
+    import fasterrcnn.cli.detect as detect_module
+
+    images = tmp_path / "images"
+    images.mkdir()
+    ds = ShapesDataset("test", 5)
+    for i, size in enumerate(((320, 240), (200, 260), (320, 240), (320, 240), (200, 260))):
+        Image.fromarray(ds[i][0].permute(1, 2, 0).numpy()).resize(size).save(images / f"img{i}.png")
+    passes: list[list[tuple[int, ...]]] = []
+    real_load = detect_module.load_for_inference
+
+    class Spy:
+        def __init__(self, predictor):
+            self.predictor = predictor
+
+        def predict(self, batch):
+            passes.append([tuple(x.shape) for x in batch])
+            return self.predictor.predict(batch)
+
+    def load(args):
+        predictor, cfg, classes = real_load(args)
+        return Spy(predictor), cfg, classes
+
+    monkeypatch.setattr(detect_module, "load_for_inference", load)
+    found = {}
+    for batch in (1, 3):
+        out = tmp_path / f"out{batch}"
+        assert main(["detect", "--checkpoint", str(demo_dir / "model_final.pt"), str(images), "--out", str(out),
+                     "--score-thresh", "0.0", "--batch-size", str(batch), "--no-tta"]) == 0
+        found[batch] = json.loads((out / "detections.json").read_text())
+    big, small = (3, 240, 320), (3, 260, 200)
+    assert passes[:5] == [[big], [small], [big], [big], [small]]  # --batch-size 1: file order
+    assert sorted(passes[5:]) == sorted([[big, big, big], [small, small]])  # --batch-size 3
+    assert found[1] and found[1] == found[3]  # file order, identical numbers
+
+
 @pytest.mark.parametrize("metric", ["voc", "coco"])
 def test_eval_metrics(demo_dir, tmp_path, metric):
     out = tmp_path / metric

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..config import ConfigError
 from .common import load_for_inference, log, set_threads, sliced_predictor
@@ -105,22 +105,42 @@ def cmd_detect(args: argparse.Namespace) -> int:
     reader = ImageReader.from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dets, names, skipped, used = [], [], 0, {}
-    for path in files:
+    # Images of the same size run together, up to --batch-size per pass: the same detections as
+    # one at a time (a batch of mixed sizes would pad the smaller images, and the padding changes
+    # the features near their right and bottom edges, so an image's detections would depend on
+    # its neighbours). Pictures are written as each pass ends; detections.json keeps file order.
+    batch = 1 if getattr(args, "onnx", None) else max(1, args.batch_size)
+    found: dict[int, tuple[Path, dict]] = {}
+    pending: dict[tuple[int, ...], list[tuple[int, Path, Any]]] = {}
+    skipped, used = 0, {}
+
+    def run(group: list[tuple[int, Path, Any]]) -> None:
+        outputs = predictor([image.to(args.device).float() / 255.0 for _, _, image in group])
+        for (i, path, image), det in zip(group, outputs):
+            det = {k: v.detach().cpu() for k, v in det.items()}
+            found[i] = (path, {k: v.numpy() for k, v in det.items()})
+            drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
+            target = out / output_name(path, used)
+            drawn.save(target, quality=92)
+            print(f"{path}: {len(det['boxes'])} detections -> {target}")
+        group.clear()
+
+    for i, path in enumerate(files):
         try:  # detected and drawn on the same pixels (EXIF orientation applied per --exif)
             image = reader.load(path)
         except DataError as exc:
             log.warning("skipped %s", exc)
             skipped += 1
             continue
-        det = predictor([image.to(args.device).float() / 255.0])[0]
-        det = {k: v.detach().cpu() for k, v in det.items()}
-        dets.append({k: v.numpy() for k, v in det.items()})
-        names.append(str(path))
-        drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
-        target = out / output_name(path, used)
-        drawn.save(target, quality=92)
-        print(f"{path}: {len(det['boxes'])} detections -> {target}")
+        group = pending.setdefault(tuple(image.shape), [])
+        group.append((i, path, image))
+        if len(group) == batch:
+            run(group)
+    for group in pending.values():
+        if group:
+            run(group)
+    names = [str(found[i][0]) for i in sorted(found)]
+    dets = [found[i][1] for i in sorted(found)]
     results = detections_json(dets, image_ids=list(range(len(names))), file_names=names, classes=classes)
     write_json(out / "detections.json", results)
     print(f"wrote {out / 'detections.json'} ({len(results)} detections in {len(names)} images"
