@@ -259,6 +259,9 @@ def _positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
     return ints
 
 
+CHANNELS_LAST = ("never", "inference", "always")  # model.channels_last
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 20  # object classes, background excluded
@@ -268,14 +271,22 @@ class ModelConfig:
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     test_aug: TestAugConfig = field(default_factory=TestAugConfig)
-    # backbone and RPN convolutions in channels-last (NHWC) memory: the same numbers up to
-    # float rounding, faster with oneDNN on CPUs (demo preset: about 12% per training step) and
-    # with mixed precision on GPUs
-    channels_last: bool = False
+    # backbone and RPN convolutions in channels-last (NHWC) memory, the same numbers up to float
+    # rounding: "never"; "inference" (the input of predict/propose only, weights stay NCHW:
+    # oneDNN's NHWC forward is faster on CPUs, its NHWC backward slower for VGG-16 on AVX2 CPUs);
+    # "always" (weights too, training included: the demo preset, about 12% per training step).
+    # true/false (older configs) read as "always"/"never"
+    channels_last: str = "never"
     # start from a trained detector: a fasterrcnn checkpoint (e.g. one written by `fasterrcnn
     # import`) whose weights are loaded over the whole network, except tensors whose shapes differ
     # (the class-specific predictor, when the classes differ), which keep their fresh init
     weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.channels_last, bool):
+            object.__setattr__(self, "channels_last", "always" if self.channels_last else "never")
+        if self.channels_last not in CHANNELS_LAST:
+            raise ConfigError(f"model.channels_last must be one of {CHANNELS_LAST}, got {self.channels_last!r}")
 
 
 # train.schedule (the paper's §3.2; see fasterrcnn.engine): approximate joint, 4-step alternating,

@@ -17,18 +17,24 @@ from .config import (
 
 
 def _vgg16_voc07() -> Config:
+    """The paper's VGG-16 model. Predictions run the convolutions in channels-last memory on
+    their input (oneDNN's NHWC kernels; the same numbers up to float rounding, see
+    benchmarks/RESULTS.md); training keeps NCHW, whose backward is faster on AVX2 CPUs."""
     return Config(
-        model=ModelConfig(num_classes=20, backbone=BackboneConfig(name="vgg16", frozen_stages=2)),
+        model=ModelConfig(num_classes=20, backbone=BackboneConfig(name="vgg16", frozen_stages=2),
+                          channels_last="inference"),
         train=TrainConfig(),
     )
 
 
 def _zf_voc07() -> Config:
+    """The paper's ZF model (channels-last predictions as in ``vgg16-voc07``)."""
     return Config(
         model=ModelConfig(
             num_classes=20,
             backbone=BackboneConfig(name="zf", frozen_stages=0),
             roi_head=RoIHeadConfig(representation_size=4096),
+            channels_last="inference",
         ),
         train=TrainConfig(),
     )
@@ -100,7 +106,7 @@ def _tiny_shapes() -> Config:
             ),
             test_aug=TestAugConfig(min_sizes=(288,), hflip=True, vflip=True, transpose=True,
                                    score_fusion="agreement", zoom_sizes=(432,), zoom_max_box=32.0),
-            channels_last=True,
+            channels_last="always",
         ),
         train=TrainConfig(
             images_per_batch=4,

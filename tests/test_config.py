@@ -41,7 +41,7 @@ def test_override_from_command_line_strings():
     ("model.rpn.no_such_key", "1", "unknown config key"),
     ("model.roi_head.vote_iou", 1.5, "vote_iou must be in"),
     ("model.roi_head.box_loss", "iou", "box_loss must be one of"),
-    ("model.channels_last", "sometimes", "expected a boolean"),
+    ("model.channels_last", "sometimes", "channels_last must be one of"),
     ("model.roi_head.hard_mining_nms", 0.0, "hard_mining_nms must be in"),
     ("model.roi_head.context_scales", [1.5, -1], "context_scales must be positive"),
     ("model.test_aug.min_sizes", [288, -1], "min_sizes must be positive"),
@@ -71,3 +71,13 @@ def test_fpn_norm_needs_a_pyramid():
 
     with pytest.raises(ConfigError, match="fpn_norm='bn' needs a feature pyramid"):
         build_model(override(preset("tiny-shapes"), {"model.backbone.fpn_norm": "bn"}).model)
+
+
+def test_channels_last_reads_older_booleans_and_names_its_modes():
+    """model.channels_last was a boolean: configs written then still load (true -> "always")."""
+    base = to_dict(preset("tiny-shapes"))
+    for old, new in ((True, "always"), (False, "never")):
+        base["model"]["channels_last"] = old
+        assert from_dict(Config, base).model.channels_last == new
+    assert override(preset("zf-voc07"), {"model.channels_last": "true"}).model.channels_last == "always"
+    assert override(preset("zf-voc07"), {"model.channels_last": "inference"}).model.channels_last == "inference"

@@ -5,6 +5,7 @@ from torchvision.ops import box_iou
 from fasterrcnn.config import override
 from fasterrcnn.presets import preset
 from fasterrcnn.modeling.builder import build_model, build_predictor
+from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 from helpers import favour_class
 
 TINY = {
@@ -71,8 +72,8 @@ def test_channels_last_model_computes_the_same_losses_gradients_and_detections()
     # Same weights, NHWC convolutions: the numbers agree up to float rounding. Proposals are
     # given to the RoI head, so that rounding cannot reorder the RPN's NMS and change the RoIs.
     torch.manual_seed(0)
-    plain = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": False}).model)
-    fast = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": True}).model)
+    plain = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": "never"}).model)
+    fast = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": "always"}).model)
     fast.load_state_dict(plain.state_dict())
     conv = next(p for p in fast.backbone.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -105,6 +106,29 @@ def test_channels_last_model_computes_the_same_losses_gradients_and_detections()
         assert len(a["boxes"]) == len(b["boxes"]) > 0
         torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-3, atol=1e-3)
+
+
+def test_channels_last_for_inference_only_leaves_weights_and_training_in_nchw():
+    torch.manual_seed(0)
+    plain = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": "never"}).model)
+    mixed = build_model(override(preset("tiny-shapes"), {**TINY, "model.channels_last": "inference"}).model)
+    mixed.load_state_dict(plain.state_dict())
+    assert all(p.is_contiguous() for p in mixed.parameters())
+    images, _ = _scene()
+    batch = torch.stack([images[0], images[0]])
+    mixed.eval()
+    out = mixed.features(batch)["p3"]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    plain.eval()
+    torch.testing.assert_close(out, plain.features(batch)["p3"], rtol=1e-4, atol=1e-3)
+    for a, b in zip(plain.predict(images), mixed.predict(images)):
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-2)
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-3, atol=1e-4)
+    mixed.train()
+    assert mixed.features(batch)["p3"].is_contiguous()  # training: NCHW
+    with pytest.raises(ValueError, match="channels_last"):
+        FasterRCNN(plain.backbone, plain.rpn, plain.roi_heads, plain.transform, num_classes=5, channels_last="yes")
 
 
 def test_loss_dict_keys_stages_and_empty_images():

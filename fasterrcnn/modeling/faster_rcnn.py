@@ -47,8 +47,10 @@ def inference_mode(module: nn.Module) -> Iterator[None]:
 class FasterRCNN(nn.Module):
     """``transform`` (resize, normalise, pad) -> ``backbone`` -> ``rpn`` -> ``roi_heads``.
 
-    ``channels_last``: the backbone and RPN convolutions run in NHWC memory (the same numbers up
-    to float rounding; faster with oneDNN on CPUs and with mixed precision on GPUs).
+    ``channels_last``: where the backbone and RPN convolutions run in NHWC memory (the same
+    numbers up to float rounding; faster with oneDNN on CPUs and with mixed precision on GPUs):
+    ``"never"``, ``"inference"`` (the input in eval mode only; the weights stay NCHW, so training
+    is untouched) or ``"always"`` (weights and input, training included).
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class FasterRCNN(nn.Module):
         transform: InputTransform,
         *,
         num_classes: int,
-        channels_last: bool = False,
+        channels_last: str = "never",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -67,8 +69,10 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.transform = transform
         self.num_classes = num_classes
+        if channels_last not in ("never", "inference", "always"):
+            raise ValueError(f"channels_last must be 'never', 'inference' or 'always', got {channels_last!r}")
         self.channels_last = channels_last
-        if channels_last:
+        if channels_last == "always":
             backbone.to(memory_format=torch.channels_last)
             rpn.to(memory_format=torch.channels_last)
 
@@ -171,8 +175,8 @@ class FasterRCNN(nn.Module):
     # ------------------------------------------------------------------ helpers
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """The backbone's levels of a padded, normalised batch [N, 3, H, W], in channels-last
-        memory when the model is (the values are the same either way)."""
-        if self.channels_last:
+        memory when ``channels_last`` asks for it (the values are the same either way)."""
+        if self.channels_last == "always" or (self.channels_last == "inference" and not self.training):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
