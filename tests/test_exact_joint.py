@@ -151,9 +151,30 @@ def test_roi_pool_preset_with_exact_joint_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="roi_align"):
         train(override(preset("vgg16-voc07"), {"train.schedule": "exact-joint"}), ToyDataset(4), out_dir=tmp_path,
               classes=tuple(f"c{i}" for i in range(20)), progress=False)
-    cfg = override(_exact_cfg(), {"model.roi_head.sampling_ratio": 0})
-    with pytest.raises(ConfigError, match="sampling_ratio"):
-        train(cfg, ToyDataset(4), out_dir=tmp_path, classes=ToyDataset.classes, progress=False)
+
+
+def test_c4_preset_with_adaptive_sampling_trains_the_rpn_deltas_through_res5():
+    """resnet50-c4 pools with roi_align's adaptive sampling ratio (0) and runs res5 as its box
+    head: the exact step reaches the RPN's regression branch through both."""
+    from test_presets import SMALL as PRESET_SMALL
+
+    cfg = override(preset("resnet50-c4"), PRESET_SMALL)
+    assert cfg.model.roi_head.sampling_ratio == 0
+    images, targets = _scene()
+    grads = {}
+    for exact in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
+        with torch.no_grad():  # proposals = the anchors: random deltas push many of them off
+            model.rpn.head.bbox_pred.weight.zero_()  # the image, where clipping leaves them empty
+            model.rpn.head.bbox_pred.bias.zero_()  # (adaptive sampling: no sample, no gradient)
+        model.train()
+        torch.manual_seed(1)
+        losses = model.loss(images, targets, stages=("roi",), exact=exact)
+        sum(losses.values()).backward()
+        grads[exact] = model.rpn.head.bbox_pred.weight.grad
+    assert grads[False] is None or torch.count_nonzero(grads[False]) == 0
+    assert grads[True] is not None and grads[True].abs().sum() > 0
 
 
 def test_engine_train_exact_joint_two_iterations_writes_a_checkpoint(tmp_path: Path):

@@ -31,13 +31,13 @@ def _rois(n_images: int, count: int, height: int, width: int, stride: int, seed:
 
 
 @pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2, 3])  # 0: adaptive, ceil(RoI size / bins)
 @pytest.mark.parametrize("output_size", [7, (3, 5)])
 def test_forward_and_feature_gradient_equal_roi_align(
     aligned: bool, sampling_ratio: int, output_size: int | tuple[int, int]
 ) -> None:
     features = torch.randn(3, 6, 11, 17, requires_grad=True)
-    rois = _rois(3, 60, 11, 17, 8, seed=sampling_ratio)
+    rois = _rois(3, 60, 11, 17, 8, seed=sampling_ratio + 10 * int(aligned))
     ref = roi_align(features, rois, output_size, 1 / 8, sampling_ratio, aligned)
     out = roi_warp(features, rois, output_size, 1 / 8, sampling_ratio, aligned)
     assert out.shape == ref.shape
@@ -131,6 +131,53 @@ def test_gradcheck_features_and_boxes(aligned: bool) -> None:
     assert grad[:5].abs().sum(dim=1).min() > 0  # every other box moves its samples
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_adaptive_sampling_values_and_gradcheck(aligned: bool) -> None:
+    """sampling_ratio 0: each RoI has ceil(size / bins) samples per bin and axis (here 1 to 4
+    among the RoIs, so the padding to the largest count is exercised); values as roi_align and
+    box gradients as finite differences away from the points where a count changes."""
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 3, 12, 14, generator=g, dtype=torch.float64)
+    bins = torch.tensor([3.0, 2.0], dtype=torch.float64)  # x, y
+    offset = 0.5 if aligned else 0.0
+
+    def safe(roi: torch.Tensor) -> bool:
+        """No sample within 0.02 cells of an integer (where bilinear cells meet; the borders are
+        integers too) and no RoI size within 0.05 of a count change (a multiple of the bins)."""
+        size = roi[3:] - roi[1:3]
+        if ((size / bins) - (size / bins).round()).abs().min() < 0.05:
+            return False
+        n = torch.ceil(size / bins).long()
+        for axis, (b, k) in enumerate(zip(bins.long().tolist(), n.tolist())):
+            steps = (torch.arange(b, dtype=roi.dtype)[:, None] + (torch.arange(k) + 0.5) / k).reshape(-1)
+            v = roi[1 + axis] - offset + steps * size[axis] / b
+            if (v - v.round()).abs().min() < 0.02:
+                return False
+        return True
+
+    picked: list[torch.Tensor] = []
+    while len(picked) < 5:
+        start = torch.rand(2, generator=g, dtype=torch.float64) * torch.tensor([10.0, 8.0], dtype=torch.float64)
+        size = 1.2 + torch.rand(2, generator=g, dtype=torch.float64) * 8
+        roi = torch.cat((torch.tensor([float(len(picked) % 2)], dtype=torch.float64), start, start + size))
+        if safe(roi):
+            picked.append(roi)
+    rois = torch.stack(picked)
+    counts = torch.ceil((rois[:, 3:] - rois[:, 1:3]) / bins)
+    assert len(set(counts.flatten().tolist())) >= 3  # RoIs with different counts in one batch
+    ref = roi_align(features, rois, (2, 3), 1.0, 0, aligned)
+    torch.testing.assert_close(roi_warp(features, rois, (2, 3), 1.0, 0, aligned), ref, atol=1e-10, rtol=1e-10)
+    index, coords = rois[:, :1], rois[:, 1:].clone().requires_grad_(True)
+    features.requires_grad_(True)
+
+    def warp(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return roi_warp(f, torch.cat((index, c), dim=1), (2, 3), 1.0, 0, aligned)
+
+    assert torch.autograd.gradcheck(warp, (features, coords), eps=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(warp(features, coords).sum(), coords)
+    assert grad.abs().sum(dim=1).min() > 0
+
+
 def test_box_gradient_zero_where_the_value_is_constant() -> None:
     """aligned=False: a box smaller than a cell is widened to one cell from its start, so its end
     gets no gradient; a box left of column 0 (within [-1, 0]) reads column 0 alone."""
@@ -154,10 +201,6 @@ def test_empty_boxes(boxes: torch.Tensor | list[torch.Tensor]) -> None:
 def test_bad_arguments_raise() -> None:
     features = torch.randn(1, 2, 5, 5)
     rois = torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]])
-    with pytest.raises(ValueError, match="sampling_ratio > 0.*discrete"):
-        roi_warp(features, rois, 7, 1.0, -1, True)
-    with pytest.raises(ValueError, match="sampling_ratio"):
-        roi_warp(features, rois, 7, 1.0, 0, True)
     with pytest.raises(ValueError, match=r"\[R, 5\]"):
         roi_warp(features, rois[:, 1:], 7, 1.0, 2, True)
     with pytest.raises(ValueError, match=r"\[R_i, 4\]"):

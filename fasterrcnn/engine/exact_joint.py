@@ -17,17 +17,12 @@ from ..config import Config, ConfigError
 
 def validate_exact_joint(cfg: Config) -> None:
     """ConfigError unless the model can be trained with non-approximate joint training: the box
-    gradient needs RoIAlign-style pooling with a fixed sampling ratio and the plain RoI head."""
+    gradient needs RoIAlign-style pooling (a fixed or adaptive sampling ratio) and the plain RoI head."""
     h = cfg.model.roi_head
     if h.pooler != "roi_align":
         raise ConfigError(
             f"train.schedule='exact-joint' needs model.roi_head.pooler='roi_align', got {h.pooler!r}: "
             "RoI max pooling has no useful gradient w.r.t. the box coordinates"
-        )
-    if h.sampling_ratio <= 0:
-        raise ConfigError(
-            f"train.schedule='exact-joint' needs model.roi_head.sampling_ratio > 0, got {h.sampling_ratio}: "
-            "the adaptive ratio is a discrete function of the box size"
         )
     if h.cascade_ious:
         raise ConfigError("train.schedule='exact-joint' does not support cascade heads (model.roi_head.cascade_ious)")

@@ -1,7 +1,8 @@
 """RoI warping: RoIAlign that is differentiable w.r.t. the box coordinates (paper §3.2).
 
 Shapes: N images, C channels, H x W feature map, R RoIs, Ph x Pw output bins, S x S sample
-points per bin (S = ``sampling_ratio``), K = 4 * S * S feature cells read per output bin.
+points per bin (S = ``sampling_ratio``; adaptive: the largest count), K = 4 * S * S feature cells
+read per output bin.
 
 Non-approximate joint training (Faster R-CNN §3.2) needs "an RoI pooling layer that is
 differentiable w.r.t. the box coordinates". :func:`roi_warp` computes exactly the numbers of
@@ -39,8 +40,11 @@ Where it is zero or undefined (torchvision's edge rules, kept exactly):
 - the discrete choices made upstream (anchor top-N, NMS, sampling of RoIs) carry no gradient;
   only the coordinates of the boxes that reach this op do.
 
-The adaptive ``sampling_ratio`` of roi_align (<= 0: ceil(box size / bins) samples per bin) is a
-discrete, piecewise-constant function of the box size, so it is not supported here.
+The adaptive ``sampling_ratio`` of roi_align (<= 0: ceil(RoI size / bins) samples per bin and
+axis, as the C4 presets use) is supported: every RoI is sampled with the largest count among the
+RoIs and the samples past its own count weigh 0. The count is a discrete, piecewise-constant
+function of the box size, so it carries no gradient: within one count the gradient is exact, and
+where a growing box gains a sample the value jumps (undefined derivative, as at a cell border).
 """
 
 from __future__ import annotations
@@ -70,26 +74,37 @@ def _as_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype, device: torch
     return torch.cat(parts) if parts else torch.zeros((0, 5), dtype=dtype, device=device)
 
 
-def _taps(start: Tensor, size: Tensor, bins: int, ratio: int, length: int) -> tuple[Tensor, Tensor]:
-    """Along one axis of ``length`` cells: (index [R, bins, 2 * ratio] long, weight [R, bins,
-    2 * ratio]) of the two neighbours of each of the ``ratio`` samples of every bin of RoIs that
-    start at ``start`` [R] and are ``size`` [R] cells long, with roi_align's border rules. The
-    weights include the 1 / ratio of the mean and are differentiable w.r.t. start and size."""
+def _taps(start: Tensor, size: Tensor, bins: int, count: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Along one axis of ``length`` cells: (index [R, bins, 2 * M] long, weight [R, bins, 2 * M])
+    of the two neighbours of each sample of every bin of RoIs that start at ``start`` [R] and are
+    ``size`` [R] cells long, with roi_align's border rules. RoI r has ``count[r]`` samples per bin
+    (M = the largest count; the samples past a RoI's own count weigh 0). The weights include the
+    1 / count of the mean and are differentiable w.r.t. start and size."""
+    m = max(int(count.max()), 1) if count.numel() else 1  # at least one (masked) sample column
+    ratio = count.to(start.dtype)[:, None, None]
     bin_size = (size / bins)[:, None, None]
     b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
-    k = torch.arange(ratio, dtype=start.dtype, device=start.device)[None, None, :] + 0.5
-    v = start[:, None, None] + b * bin_size + k * bin_size / ratio  # [R, bins, ratio]
-    inside = (v >= -1.0) & (v <= length)
+    k = torch.arange(m, dtype=start.dtype, device=start.device)[None, None, :]
+    v = start[:, None, None] + b * bin_size + (k + 0.5) * bin_size / ratio.clamp(min=1.0)  # [R, bins, M]
+    inside = (v >= -1.0) & (v <= length) & (k < ratio)
     v = v.clamp(min=0.0)  # [-1, 0] reads row 0 (zero gradient there)
     low = v.detach().floor().long()
     last = low >= length - 1  # at or past the last row: that row alone (zero gradient)
     low = low.clamp(max=length - 1)
     high = torch.where(last, low, low + 1)
     frac = torch.where(last, torch.zeros_like(v), v - low.to(v.dtype))
-    scale = inside.to(v.dtype) / ratio  # outside the map: weight 0 (and gradient 0)
+    scale = inside.to(v.dtype) / ratio.clamp(min=1.0)  # outside the map or past the count: weight 0
     index = torch.stack((low, high), dim=-1).flatten(2)
     weight = torch.stack(((1.0 - frac) * scale, frac * scale), dim=-1).flatten(2)
     return index, weight
+
+
+def _counts(size: Tensor, bins: int, sampling_ratio: int) -> Tensor:
+    """[R] samples per bin along one axis: ``sampling_ratio``, or where it is <= 0 roi_align's
+    adaptive ceil(RoI size / bins) (0 for an empty RoI: no sample, value 0)."""
+    if sampling_ratio > 0:
+        return torch.full(size.shape, sampling_ratio, dtype=torch.long, device=size.device)
+    return torch.ceil(size.detach() / bins).clamp(min=0).long()
 
 
 def roi_warp(
@@ -106,14 +121,9 @@ def roi_warp(
     ``boxes``: a [R, 5] tensor (image index, x1, y1, x2, y2) or one [R_i, 4] tensor per image, in
     input pixels (``spatial_scale`` maps them onto the map). Same arguments and results as
     ``torchvision.ops.roi_align(features, boxes, output_size, spatial_scale, sampling_ratio,
-    aligned)``; ``sampling_ratio`` must be > 0. Coordinates are computed in float32 at least
+    aligned)``, the adaptive ``sampling_ratio <= 0`` included. Coordinates are computed in float32 at least
     (float64 if the boxes or features are), the bilinear weights in the features' dtype.
     """
-    if sampling_ratio <= 0:
-        raise ValueError(
-            f"roi_warp needs a fixed sampling_ratio > 0, got {sampling_ratio}: the adaptive ratio "
-            "(ceil(box size / bins)) is a discrete function of the box size and has no gradient"
-        )
     if features.dim() != 4:
         raise ValueError(f"features must be [N, C, H, W], got {tuple(features.shape)}")
     if isinstance(output_size, int):
@@ -126,7 +136,6 @@ def roi_warp(
     box_dtype = boxes.dtype if isinstance(boxes, Tensor) else (boxes[0].dtype if len(boxes) else features.dtype)
     coord_dtype = torch.promote_types(torch.promote_types(box_dtype, features.dtype), torch.float32)
     rois = _as_rois(boxes, coord_dtype, features.device)
-    s = int(sampling_ratio)
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
     y1 = rois[:, 2] * spatial_scale - offset
@@ -134,9 +143,9 @@ def roi_warp(
     height = (rois[:, 4] * spatial_scale - offset) - y1
     if not aligned:  # torchvision's legacy rule: RoIs at least one cell wide and high
         width, height = width.clamp(min=1.0), height.clamp(min=1.0)
-    y_index, y_weight = _taps(y1, height, ph, s, h)  # [R, Ph, 2S]
-    x_index, x_weight = _taps(x1, width, pw, s, w)  # [R, Pw, 2S]
-    r, k = rois.shape[0], 4 * s * s
+    y_index, y_weight = _taps(y1, height, ph, _counts(height, ph, sampling_ratio), h)  # [R, Ph, 2S]
+    x_index, x_weight = _taps(x1, width, pw, _counts(width, pw, sampling_ratio), w)  # [R, Pw, 2S]
+    r, k = rois.shape[0], y_index.shape[-1] * x_index.shape[-1]
     image = rois[:, 0].detach().long()
     cell = (
         (image * (h * w))[:, None, None, None, None]
