@@ -116,17 +116,25 @@ def test_gradcheck_case_avoids_kinks(aligned: bool) -> None:
     assert (sizes - 1.0).abs().min() > 0.02  # aligned=False clamps sizes to >= 1 cell: a kink at 1
 
 
-@pytest.mark.parametrize("aligned", [False, True])
-def test_gradcheck_features_and_boxes(aligned: bool) -> None:
-    features, rois = _grad_case(aligned)
+def _gradcheck_and_box_grad(features: torch.Tensor, rois: torch.Tensor, scale: float, ratio: int,
+                            aligned: bool) -> torch.Tensor:
+    """gradcheck of roi_warp (output 2 x 3) w.r.t. the features and the box coordinates of
+    ``rois``; returns d(sum of the output)/d(coordinates) [R, 4]."""
     index, coords = rois[:, :1], rois[:, 1:].clone().requires_grad_(True)
-    features.requires_grad_(True)
+    features = features.detach().requires_grad_(True)
 
     def warp(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return roi_warp(f, torch.cat((index, c), dim=1), (2, 3), 0.9, 2, aligned)
+        return roi_warp(f, torch.cat((index, c), dim=1), (2, 3), scale, ratio, aligned)
 
     assert torch.autograd.gradcheck(warp, (features, coords), eps=1e-6, atol=1e-6)
     (grad,) = torch.autograd.grad(warp(features, coords).sum(), coords)
+    return grad
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_gradcheck_features_and_boxes(aligned: bool) -> None:
+    features, rois = _grad_case(aligned)
+    grad = _gradcheck_and_box_grad(features, rois, 0.9, 2, aligned)
     assert grad[5].abs().max() == 0  # entirely outside the map
     assert grad[:5].abs().sum(dim=1).min() > 0  # every other box moves its samples
 
@@ -167,14 +175,7 @@ def test_adaptive_sampling_values_and_gradcheck(aligned: bool) -> None:
     assert len(set(counts.flatten().tolist())) >= 3  # RoIs with different counts in one batch
     ref = roi_align(features, rois, (2, 3), 1.0, 0, aligned)
     torch.testing.assert_close(roi_warp(features, rois, (2, 3), 1.0, 0, aligned), ref, atol=1e-10, rtol=1e-10)
-    index, coords = rois[:, :1], rois[:, 1:].clone().requires_grad_(True)
-    features.requires_grad_(True)
-
-    def warp(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return roi_warp(f, torch.cat((index, c), dim=1), (2, 3), 1.0, 0, aligned)
-
-    assert torch.autograd.gradcheck(warp, (features, coords), eps=1e-6, atol=1e-6)
-    (grad,) = torch.autograd.grad(warp(features, coords).sum(), coords)
+    grad = _gradcheck_and_box_grad(features, rois, 1.0, 0, aligned)
     assert grad.abs().sum(dim=1).min() > 0
 
 
