@@ -74,13 +74,14 @@ def _as_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype, device: torch
     return torch.cat(parts) if parts else torch.zeros((0, 5), dtype=dtype, device=device)
 
 
-def _taps(start: Tensor, size: Tensor, bins: int, count: Tensor, length: int) -> tuple[Tensor, Tensor]:
+def _taps(start: Tensor, size: Tensor, bins: int, counts: tuple[Tensor, int], length: int) -> tuple[Tensor, Tensor]:
     """Along one axis of ``length`` cells: (index [R, bins, 2 * M] long, weight [R, bins, 2 * M])
     of the two neighbours of each sample of every bin of RoIs that start at ``start`` [R] and are
-    ``size`` [R] cells long, with roi_align's border rules. RoI r has ``count[r]`` samples per bin
-    (M = the largest count; the samples past a RoI's own count weigh 0). The weights include the
-    1 / count of the mean and are differentiable w.r.t. start and size."""
-    m = max(int(count.max()), 1) if count.numel() else 1  # at least one (masked) sample column
+    ``size`` [R] cells long, with roi_align's border rules. ``counts`` = (count, M): RoI r has
+    ``count[r]`` samples per bin (M = the largest count; the samples past a RoI's own count weigh
+    0). The weights include the 1 / count of the mean and are differentiable w.r.t. start and
+    size."""
+    count, m = counts
     ratio = count.to(start.dtype)[:, None, None]
     bin_size = (size / bins)[:, None, None]
     b = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
@@ -99,12 +100,14 @@ def _taps(start: Tensor, size: Tensor, bins: int, count: Tensor, length: int) ->
     return index, weight
 
 
-def _counts(size: Tensor, bins: int, sampling_ratio: int) -> Tensor:
-    """[R] samples per bin along one axis: ``sampling_ratio``, or where it is <= 0 roi_align's
-    adaptive ceil(RoI size / bins) (0 for an empty RoI: no sample, value 0)."""
+def _counts(size: Tensor, bins: int, sampling_ratio: int) -> tuple[Tensor, int]:
+    """([R] samples per bin along one axis, their maximum M >= 1): ``sampling_ratio``, or where it
+    is <= 0 roi_align's adaptive ceil(RoI size / bins) (0 for an empty RoI: no sample, value 0).
+    A fixed ratio needs no device-to-host read of the maximum."""
     if sampling_ratio > 0:
-        return torch.full(size.shape, sampling_ratio, dtype=torch.long, device=size.device)
-    return torch.ceil(size.detach() / bins).clamp(min=0).long()
+        return torch.full(size.shape, sampling_ratio, dtype=torch.long, device=size.device), sampling_ratio
+    count = torch.ceil(size.detach() / bins).clamp(min=0).long()
+    return count, max(int(count.max()), 1) if count.numel() else 1
 
 
 def roi_warp(
