@@ -38,6 +38,11 @@ class BackboneConfig:
     # FPN backbones: "none" (lateral and output convs with bias) or "bn" (convs without bias, each
     # followed by a trainable BatchNorm2d, as torchvision's fasterrcnn_resnet50_fpn_v2)
     fpn_norm: str = "none"
+    # ResNet / MobileNet-FPN bodies: "frozen" (FrozenBatchNorm2d, the statistics of the weights
+    # loaded: the usual recipe at 1-4 images per batch) or "bn" (trainable BatchNorm2d with batch
+    # statistics: training from scratch, as torchvision builds these nets without weights; pair
+    # with the largest trainable_layers)
+    norm: str = "frozen"
     stride: int = 16  # output stride of the shared feature map (16 for the paper's nets)
     width: int = 64  # channel width of the "tiny" backbone (ignored by the others)
     extra_convs: int = 0  # "tiny": more 3x3 conv-BN-ReLU layers at the output stride (8 or 16)
@@ -45,9 +50,12 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.fpn_norm not in FPN_NORMS:
             raise ConfigError(f"backbone.fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
+        if self.norm not in BODY_NORMS:
+            raise ConfigError(f"backbone.norm must be one of {BODY_NORMS}, got {self.norm!r}")
 
 
 FPN_NORMS = ("none", "bn")  # BackboneConfig.fpn_norm
+BODY_NORMS = ("frozen", "bn")  # BackboneConfig.norm
 
 
 @dataclass(frozen=True)
@@ -354,7 +362,7 @@ class Config:
 
 
 __all__ = [
-    "ANCHOR_STYLES", "AnchorConfig", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "FPN_NORMS",
+    "ANCHOR_STYLES", "AnchorConfig", "BODY_NORMS", "BOX_LOSSES", "BackboneConfig", "Config", "ConfigError", "FPN_NORMS",
     "InputConfig",
     "LR_SCHEDULES", "ModelConfig", "OPTIMIZERS", "RPNConfig", "RoIHeadConfig", "SCHEDULES", "SCORE_FUSIONS",
     "TestAugConfig", "TrainConfig", "from_dict", "override", "parse_overrides",

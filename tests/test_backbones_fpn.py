@@ -339,3 +339,56 @@ def test_mobilenet_v2_fpn_trainable_layers():
     assert not {n for n in trainable(MobileNetV2FPN(trainable_layers=0)) if n.startswith("body.")}
     with pytest.raises(ValueError):
         MobileNetV2FPN(trainable_layers=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# From scratch: trainable BatchNorm bodies, as torchvision builds its detectors without weights
+
+
+@pytest.mark.parametrize(
+    "builder, ours_fn, tv_names",
+    [
+        (fasterrcnn_mobilenet_v3_large_fpn, lambda: MobileNetV3LargeFPN(trainable_layers=6, body_norm=nn.BatchNorm2d),
+         _TV_LEVELS["mobilenet"]),
+        (fasterrcnn_resnet50_fpn, lambda: ResNetFPN(50, trainable_layers=5, body_norm=nn.BatchNorm2d),
+         _TV_LEVELS["resnet"]),
+    ],
+    ids=["mobilenet_v3_large_fpn", "resnet50_fpn"],
+)
+def test_batchnorm_body_trains_like_torchvision_from_scratch(builder, ours_fn, tv_names):
+    torch.manual_seed(7)
+    tv = builder(weights=None, weights_backbone=None).backbone  # BatchNorm2d, every layer trainable
+    ours = ours_fn()
+    convert = mobilenet_from_tv if len(tv_names) == 3 else from_torchvision_state
+    state = convert(tv.state_dict())
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    assert all(p.requires_grad for p in ours.parameters())
+    norms = [m for m in ours.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
+    x = image().double()
+    ours, tv = ours.double().train(), tv.double().train()
+    mine, theirs = ours(x), tv(x)  # batch statistics, running statistics updated
+    for name, tv_name in zip(mine, tv_names):
+        torch.testing.assert_close(mine[name], theirs[tv_name], rtol=0, atol=1e-8)
+    mine[next(iter(mine))].sum().backward()
+    first_conv = next(m for m in ours.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def test_config_norm_bn_builds_trainable_bodies_and_loads_imagenet_statistics(resnet50_imagenet):
+    from fasterrcnn.config import BackboneConfig, ConfigError, ModelConfig
+    from fasterrcnn.modeling.builder import build_backbone, build_model
+
+    _, path = resnet50_imagenet
+    c4 = build_model(ModelConfig(num_classes=2, backbone=BackboneConfig(name="resnet50_c4", norm="bn",
+                                                                        trainable_layers=5, weights=str(path))))
+    assert all(type(m) is not FrozenBatchNorm2d for m in c4.modules())  # body and res5 head
+    bn1 = c4.backbone.body.bn1
+    torch.testing.assert_close(bn1.running_var, torch.load(path, weights_only=True)["bn1.running_var"])
+    frozen = build_backbone(BackboneConfig(name="mobilenet_v3_large_fpn"))
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
+    with pytest.raises(ConfigError, match="backbone.norm"):
+        build_backbone(BackboneConfig(name="tiny", stride=8, norm="bn"))
+    with pytest.raises(ConfigError, match="backbone.norm must be one of"):
+        BackboneConfig(norm="group")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import BackboneConfig, ConfigError, ModelConfig, RoIHeadConfig, TestAugConfig
 from .anchors import AnchorGenerator
@@ -36,12 +37,24 @@ FPN_BACKBONES = {"resnet50_fpn": 50, "resnet101_fpn": 101}
 MOBILENET_FPN_BACKBONES = {"mobilenet_v3_large_fpn": MobileNetV3LargeFPN, "mobilenet_v2_fpn": MobileNetV2FPN}
 
 
+def body_norm_layer(cfg: BackboneConfig) -> type[nn.Module]:
+    """The BatchNorm of a ResNet / MobileNet-FPN body: frozen (the fine-tuning recipe) or
+    trainable (``backbone.norm="bn"``, training from scratch); other backbones have their own."""
+    if cfg.norm == "frozen":
+        return FrozenBatchNorm2d
+    if cfg.name not in (*C4_BACKBONES, *FPN_BACKBONES, *MOBILENET_FPN_BACKBONES):
+        raise ConfigError(f"backbone.norm={cfg.norm!r} applies to the ResNet and MobileNet-FPN bodies, not "
+                          f"{cfg.name} (tiny and mobilenet_v2 train their BatchNorm from random init already)")
+    return nn.BatchNorm2d
+
+
 def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbone:
     """The backbone ``cfg`` names. ``load_weights=False`` builds the same architecture (for a
     pretrained config too) without reading ``cfg.weights``: for loading a checkpoint, which holds
     every weight, on a machine where the ImageNet file is absent."""
     weights = cfg.weights if load_weights else None
     norm_layer = nn.BatchNorm2d if cfg.fpn_norm == "bn" else None  # the pyramid's convs
+    body_norm = body_norm_layer(cfg)
     if norm_layer is not None and cfg.name not in (*FPN_BACKBONES, *MOBILENET_FPN_BACKBONES):
         raise ConfigError(f"backbone.fpn_norm={cfg.fpn_norm!r} needs a feature pyramid; {cfg.name} has none")
     if cfg.name in ("vgg16", "zf"):
@@ -57,11 +70,13 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> Backbon
             raise ConfigError(f"backbone mobilenet_v2 has stride 8 or 16, config says {cfg.stride}")
         return MobileNetV2(weights, cfg.frozen_stages, cfg.stride, pretrained=cfg.weights is not None)
     if cfg.name in C4_BACKBONES:
-        return ResNetC4(C4_BACKBONES[cfg.name], weights, cfg.trainable_layers)
+        return ResNetC4(C4_BACKBONES[cfg.name], weights, cfg.trainable_layers, body_norm=body_norm)
     if cfg.name in FPN_BACKBONES:
-        return ResNetFPN(FPN_BACKBONES[cfg.name], weights, cfg.trainable_layers, norm_layer=norm_layer)
+        return ResNetFPN(FPN_BACKBONES[cfg.name], weights, cfg.trainable_layers, norm_layer=norm_layer,
+                         body_norm=body_norm)
     if cfg.name in MOBILENET_FPN_BACKBONES:
-        return MOBILENET_FPN_BACKBONES[cfg.name](weights, cfg.trainable_layers, norm_layer=norm_layer)
+        return MOBILENET_FPN_BACKBONES[cfg.name](weights, cfg.trainable_layers, norm_layer=norm_layer,
+                                                 body_norm=body_norm)
     raise ConfigError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
@@ -105,7 +120,8 @@ def build_model(cfg: ModelConfig, *, load_backbone_weights: bool = True) -> Fast
             raise ConfigError("the C4 backbones' res5 head takes no context_scales, cascade_ious, conv_layers "
                               "or fc_layers")
         weights = cfg.backbone.weights if load_backbone_weights else None
-        box_head: nn.Module = ResNetC5Head(C4_BACKBONES[cfg.backbone.name], weights, cfg.backbone.trainable_layers)
+        box_head: nn.Module = ResNetC5Head(C4_BACKBONES[cfg.backbone.name], weights, cfg.backbone.trainable_layers,
+                                           body_norm=body_norm_layer(cfg.backbone))
         head_width = ResNetC5Head.out_channels
     else:
         box_head = _box_head(h, pooled_channels)

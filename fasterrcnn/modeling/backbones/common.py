@@ -82,6 +82,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_matching(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Load ``state`` into ``module`` requiring every parameter/buffer to be present with its shape."""
     own = module.state_dict()
+    # BatchNorm2d's step counter (trainable BN over ImageNet statistics) is not in FrozenBN files
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in own if k not in state]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"

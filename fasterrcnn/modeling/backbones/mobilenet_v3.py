@@ -28,7 +28,8 @@ at every strided block (``_is_cn``) and at its last block (V3: 0, 2, 4, 7, 13, 1
 0, 2, 4, 7, 14, 17); ``k`` trains the blocks from the k-th stage start counted from the end,
 0 freezes the whole body. Range 0..6; default 3 (torchvision's detection default).
 
-Normalisation: FrozenBatchNorm2d with eps 1e-5. torchvision's detection builders pass their
+Normalisation: FrozenBatchNorm2d with eps 1e-5 (``body_norm=nn.BatchNorm2d`` for training from
+scratch, as torchvision builds these detectors without weights). torchvision's detection builders pass their
 norm layer explicitly (FrozenBatchNorm2d with backbone weights, else BatchNorm2d), so their
 MobileNetV3 has eps 1e-5 too, not the 1e-3 of the classification model.
 V3's squeeze-excitation averages over the whole map, batch padding included, so the class says
@@ -160,8 +161,9 @@ class MobileNetV3LargeFPN(MobileNetFPN):
         taps: Sequence[int] = V3_TAPS,
         out_channels: int = 256,
         norm_layer: NormLayer | None = None,
+        body_norm: NormLayer = FrozenBatchNorm2d,
     ) -> None:
-        blocks = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=FrozenBatchNorm2d).features
+        blocks = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=body_norm).features
         if weights is not None:
             state = _features_state(load_mobilenet_v3_state(weights), len(blocks))
             load_matching(blocks, state, str(weights))
@@ -178,8 +180,9 @@ class MobileNetV2FPN(MobileNetFPN):
         *,
         out_channels: int = 256,
         norm_layer: NormLayer | None = None,
+        body_norm: NormLayer = FrozenBatchNorm2d,
     ) -> None:
-        full = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
+        full = torchvision.models.mobilenet_v2(weights=None, norm_layer=body_norm).features
         blocks = nn.Sequential(*list(full)[: V2_TAPS[-1] + 1])
         if weights is not None:
             state = _features_state(load_mobilenet_v2_state(weights), len(blocks))

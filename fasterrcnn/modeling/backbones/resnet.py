@@ -70,11 +70,12 @@ def _hint(depth: int) -> str:
     )
 
 
-def build_resnet(depth: int) -> torchvision.models.ResNet:
-    """torchvision's ResNet-``depth`` (50 or 101) with FrozenBatchNorm2d, random init."""
+def build_resnet(depth: int, norm: NormLayer = FrozenBatchNorm2d) -> torchvision.models.ResNet:
+    """torchvision's ResNet-``depth`` (50 or 101) with ``norm`` layers (FrozenBatchNorm2d, or
+    nn.BatchNorm2d for training from scratch), random init."""
     if depth not in _BUILDERS:
         raise ValueError(f"ResNet depth must be one of {sorted(_BUILDERS)}, got {depth}")
-    return _BUILDERS[depth](weights=None, norm_layer=FrozenBatchNorm2d)
+    return _BUILDERS[depth](weights=None, norm_layer=norm)
 
 
 @lru_cache(maxsize=None)
@@ -133,11 +134,12 @@ class ResNetC4(MultiLevelBackbone):
     out_channels = LAYER_CHANNELS[2]
     stride = 16
 
-    def __init__(self, depth: int = 50, weights: str | Path | None = None, trainable_layers: int = 3) -> None:
+    def __init__(self, depth: int = 50, weights: str | Path | None = None, trainable_layers: int = 3,
+                 *, body_norm: NormLayer = FrozenBatchNorm2d) -> None:
         super().__init__()
         self.depth = depth
         self._strides = {"p4": 16}
-        self.body = ResNetBody(build_resnet(depth), num_layers=3)
+        self.body = ResNetBody(build_resnet(depth, body_norm), num_layers=3)
         _load_body(self.body, weights, depth)
         freeze_resnet(self.body, trainable_layers)  # layer4 is not here: k trains k-1 of these
 
@@ -154,9 +156,10 @@ class ResNetC5Head(nn.Module):
 
     out_channels = LAYER_CHANNELS[3]
 
-    def __init__(self, depth: int = 50, weights: str | Path | None = None, trainable_layers: int = 3) -> None:
+    def __init__(self, depth: int = 50, weights: str | Path | None = None, trainable_layers: int = 3,
+                 *, body_norm: NormLayer = FrozenBatchNorm2d) -> None:
         super().__init__()
-        self.layer4 = build_resnet(depth).layer4
+        self.layer4 = build_resnet(depth, body_norm).layer4
         if weights is not None:
             state = load_resnet_state(weights, depth)
             load_matching(self, {k: v for k, v in state.items() if k.startswith("layer4.")}, str(weights))
@@ -170,7 +173,8 @@ class ResNetFPN(MultiLevelBackbone):
     """ResNet + FPN: {"p2": /4, "p3": /8, "p4": /16, "p5": /32, "p6": /64}, ``out_channels`` each.
 
     ``norm_layer`` goes into the FPN's lateral/output blocks (None: plain convs with bias, as
-    ``fasterrcnn_resnet50_fpn``; ``nn.BatchNorm2d`` as ``fasterrcnn_resnet50_fpn_v2``).
+    ``fasterrcnn_resnet50_fpn``; ``nn.BatchNorm2d`` as ``fasterrcnn_resnet50_fpn_v2``);
+    ``body_norm`` into the ResNet (FrozenBatchNorm2d, or nn.BatchNorm2d from scratch).
     """
 
     def __init__(
@@ -181,12 +185,13 @@ class ResNetFPN(MultiLevelBackbone):
         *,
         out_channels: int = 256,
         norm_layer: NormLayer | None = None,
+        body_norm: NormLayer = FrozenBatchNorm2d,
     ) -> None:
         super().__init__()
         self.depth = depth
         self.out_channels = out_channels
         self._strides = {f"p{k}": 2**k for k in range(2, 7)}
-        self.body = ResNetBody(build_resnet(depth), num_layers=4)
+        self.body = ResNetBody(build_resnet(depth, body_norm), num_layers=4)
         _load_body(self.body, weights, depth)
         freeze_resnet(self.body, trainable_layers)
         self.fpn = FeaturePyramid(LAYER_CHANNELS, out_channels, norm_layer=norm_layer, extra_pool=True)
