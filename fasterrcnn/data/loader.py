@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import TrainConfig
+from ..config_train import TrainConfig
 from ..modeling.transform import Orientation
 from .dataset import DetectionDataset
 

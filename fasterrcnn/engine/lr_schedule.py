@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..config import LR_SCHEDULES, TrainConfig
+from ..config_train import LR_SCHEDULES, TrainConfig
 
 
 def lr_at(
