@@ -349,3 +349,19 @@ def test_class_hues_give_each_class_its_hue_band():
         centre = (obj.label - 1) * 72.0
         distance = min(abs(hue - centre), 360 - abs(hue - centre))
         assert distance <= HUE_BAND + 12.0, (obj.label, hue)  # + shading
+
+
+def test_in_memory_dataset_with_workers_holds_the_same_items_in_order():
+    from fasterrcnn.data.dataset import InMemoryDataset
+
+    base = ShapesDataset("train", 6, seed=3)
+    plain, parallel = InMemoryDataset(base), InMemoryDataset(base, workers=2)
+    assert len(parallel) == 6 and parallel.classes == base.classes
+    for i in range(6):
+        (a, ta), (b, tb) = plain[i], parallel[i]
+        assert torch.equal(a, b) and a.dtype == b.dtype == torch.uint8
+        assert ta.keys() == tb.keys()
+        for k in ta:  # tensors stay tensors, tuples stay tuples (no collation)
+            assert type(ta[k]) is type(tb[k]), k
+            assert torch.equal(ta[k], tb[k]) if isinstance(ta[k], torch.Tensor) else ta[k] == tb[k]
+        assert np.array_equal(plain.annotation(i).boxes, parallel.annotation(i).boxes)

@@ -209,13 +209,22 @@ def print_metrics(result: dict[str, Any]) -> None:
     print(f"{metric} mAP@0.5 = {m:.4f}" if m is not None else f"{metric} mAP: n/a")
 
 
-def draw_examples(model: Any, dataset: Any, indices: Sequence[int], path: Path, thresh: float) -> Path:
+def draw_examples(model: Any, dataset: Any, indices: Sequence[int], path: Path, thresh: float,
+                  detections: Sequence[dict[str, Any]] | None = None) -> Path:
+    """A grid of images ``indices`` of ``dataset`` with their detections scored ``thresh`` or
+    more: ``detections[i]`` (numpy arrays or tensors, aligned with the dataset) where given,
+    else ``model.predict`` on each image."""
+    import torch
+
     from ..visualize import draw_detections, grid
 
     pictures = []
     for i in indices:
         image, _ = dataset[i]
-        det = model.predict([image.float() / 255.0])[0]
+        if detections is not None:
+            det = {k: torch.as_tensor(detections[i][k]) for k in ("boxes", "labels", "scores")}
+        else:
+            det = model.predict([image.float() / 255.0])[0]
         keep = det["scores"] >= thresh
         pictures.append(
             draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], dataset.classes)

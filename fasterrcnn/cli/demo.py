@@ -18,7 +18,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..data.dataset import InMemoryDataset
     from ..data.shapes import ShapesDataset
     from ..engine.checkpoint import load_model
-    from ..engine.inference import evaluate_model, write_json
+    from ..engine.inference import evaluate_detections, run_inference, write_json
     from ..engine.trainer import train_joint
     from ..modeling.builder import build_predictor
 
@@ -30,7 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg = override(cfg, {"train.max_iter": args.iters})
     print(f"fasterrcnn demo: preset tiny-shapes, {cfg.train.max_iter} iterations of "
           f"{cfg.train.images_per_batch} images, output in {out}/")
-    train_set = InMemoryDataset(ShapesDataset("train", args.train_images, seed=0))
+    train_set = InMemoryDataset(ShapesDataset("train", args.train_images, seed=0), workers=2)
     test_set = ShapesDataset("test", args.test_images, seed=0)
     print(f"built-in data: {len(train_set)} training and {len(test_set)} test images "
           f"({len(test_set.classes)} classes: {', '.join(test_set.classes)})")
@@ -39,8 +39,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_time = time.time() - start
     model, cfg, _ = load_model(out / "model_final.pt", device=args.device)
     predictor = build_predictor(model, cfg.model)  # the preset's test-time views
-    result = evaluate_model(predictor, test_set, "voc07", out_dir=out, device=args.device)
-    picture = draw_examples(predictor, test_set, range(min(6, len(test_set))), out / "detections.jpg", 0.5)
+    dets = run_inference(model, test_set, device=args.device, predictor=predictor)
+    result = evaluate_detections(dets, test_set, "voc07", out_dir=out)
+    picture = draw_examples(predictor, test_set, range(min(6, len(test_set))), out / "detections.jpg", 0.5,
+                            detections=dets)
     total = time.time() - start
     metrics = {k: v for k, v in result.items() if k != "pr"}
     metrics.update({"data": f"shapes:test:{len(test_set)}", "iterations": summary["iteration"],

@@ -15,7 +15,7 @@ Boxes are xyxy in continuous pixel coordinates (a box over pixel columns 0..w-1 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -138,13 +138,25 @@ class ConcatDataset:
         return ds.annotation(i).copy(image_id=index)
 
 
+def _as_is(item: Any) -> Any:
+    return item
+
+
 class InMemoryDataset:
     """Decodes (or renders) every image once and keeps them in memory: for small datasets that
     are read for many epochs, such as the built-in shapes data of the demo."""
 
-    def __init__(self, base: DetectionDataset) -> None:
+    def __init__(self, base: DetectionDataset, workers: int = 0) -> None:
+        """``workers`` > 0 decodes in that many processes (in order; ``base`` must pickle)."""
         self.classes = tuple(base.classes)
-        self._items = [base[i] for i in range(len(base))]
+        if workers > 0 and len(base) > 1:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(base, batch_size=None, shuffle=False, num_workers=workers,  # type: ignore[arg-type]
+                                collate_fn=_as_is)
+            self._items = list(loader)
+        else:
+            self._items = [base[i] for i in range(len(base))]
         self._annotations = [base.annotation(i) for i in range(len(base))]
 
     def __len__(self) -> int:

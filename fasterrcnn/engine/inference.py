@@ -138,6 +138,19 @@ def evaluate_model(
     """Detect on ``dataset``, score with ``metric``; with ``out_dir`` also write metrics.json,
     detections.json and (VOC metrics) one precision-recall plot per class under pr/."""
     dets = run_inference(model, dataset, batch_size=batch_size, device=device, progress=progress, predictor=predictor)
+    return evaluate_detections(dets, dataset, metric, out_dir=out_dir, plots=plots)
+
+
+def evaluate_detections(
+    dets: Sequence[dict[str, np.ndarray]],
+    dataset: DetectionDataset,
+    metric: str,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """:func:`evaluate_model` on detections already made (:func:`run_inference`, aligned with
+    ``dataset``): the metrics, and with ``out_dir`` the same files."""
     result = score(dets, dataset, metric)
     if out_dir is not None:
         out = Path(out_dir)

@@ -46,6 +46,16 @@ def _axis(v: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return low, high, 1.0 - frac, frac, inside
 
 
+def _pair_terms(p: int, s: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For every entry of a RoI's P * P rows, in the order (y bin, x bin, y sample, x sample,
+    y corner, x corner): the index of its y term and of its x term among the P * S * 2 terms of
+    each axis (ordered bin, sample, corner)."""
+    y_bin, x_bin, y_smp, x_smp, y_cor, x_cor = torch.meshgrid(
+        *(torch.arange(k, device=device) for k in (p, p, s, s, 2, 2)), indexing="ij"
+    )
+    return ((y_bin * s + y_smp) * 2 + y_cor).reshape(-1), ((x_bin * s + x_smp) * 2 + x_cor).reshape(-1)
+
+
 def roi_align_matrix(
     rois: Tensor,
     feature_shape: tuple[int, int, int],
@@ -84,8 +94,13 @@ def roi_align_matrix(
     y_wt = torch.stack((y_wlo, y_whi), dim=-1) * (y_in.to(rois.dtype) / s)[..., None]
     x_wt = torch.stack((x_wlo, x_whi), dim=-1) * (x_in.to(rois.dtype) / s)[..., None]
     index_dtype = torch.int32 if n * h * w < 2**31 else torch.int64
-    cols = y_off.to(index_dtype).view(r, p, 1, s, 1, 2, 1) + x_idx.to(index_dtype).view(r, 1, p, 1, s, 1, 2)
-    vals = y_wt.view(r, p, 1, s, 1, 2, 1) * x_wt.view(r, 1, p, 1, s, 1, 2)  # [R, P, P, S, S, 2, 2]
+    # entry (y bin, x bin, y sample, x sample, y corner, x corner) of a RoI's rows pairs y term
+    # (y bin, y sample, y corner) with x term (x bin, x sample, x corner): gathered along the
+    # terms, then one flat product (a 7-d broadcast of 2-long dims was most of the build time)
+    pick_y, pick_x = _pair_terms(p, s, rois.device)
+    cols = (y_off.to(index_dtype).view(r, -1).index_select(1, pick_y)
+            + x_idx.to(index_dtype).view(r, -1).index_select(1, pick_x))  # [R, P * P * S * S * 4]
+    vals = y_wt.reshape(r, -1).index_select(1, pick_y) * x_wt.reshape(r, -1).index_select(1, pick_x)
     per_row = s * s * 4
     rows = r * p * p
     crow = torch.arange(0, rows * per_row + 1, per_row, device=rois.device, dtype=index_dtype)
