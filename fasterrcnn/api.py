@@ -66,12 +66,14 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = True,
                         reader: ImageReader | None = None) -> "Detector":
-        """Load a fasterrcnn checkpoint (``model_final.pt``, ``last.pt``, an imported model).
+        """Load a fasterrcnn checkpoint (``model_final.pt``, ``last.pt``, an imported model), its
+        BatchNorm layers folded into the convolutions for inference.
         ``tta``: run the test-time views the checkpoint's config names (False: one plain pass)."""
         from .engine.checkpoint import load_model
+        from .modeling.fold import fold_batchnorm
 
         model, cfg, classes = load_model(path, device=device)
-        return cls(model, cfg, classes, device=device, tta=tta, reader=reader)
+        return cls(fold_batchnorm(model), cfg, classes, device=device, tta=tta, reader=reader)
 
     def __call__(self, images: Any, score_thresh: float | None = None) -> Detections | list[Detections]:
         """One :class:`Detections` for one image, a list for a list (or tuple) of images."""

@@ -164,6 +164,7 @@ def test_cli_end_to_end_writes_the_documented_json(tmp_path, capsys):
                 "memory", "results", "ratio"):
         assert key in r, key
     assert r["size"] == [64, 96] and r["weights"] == "random" and r["dtype"] == "fp32"
+    assert r["folded_batchnorms"] == 6  # the tiny net's six conv-BN pairs, folded for inference
     assert set(r["results"]) == {"fasterrcnn", "torchvision"}
     for res in r["results"].values():
         for key in ("infer_latency_s", "infer_batch_s", "infer_throughput_img_s", "train_step_s",
@@ -185,6 +186,9 @@ def test_cli_inference_only_without_comparison(tmp_path):
     r = json.loads(out.read_text())
     assert list(r["results"]) == ["fasterrcnn"] and "ratio" not in r and r["train_batch"] is None
     assert r["proposals"] == 20 and "train_step_s" not in r["results"]["fasterrcnn"]
+    assert main(["bench", "--preset", "tiny-shapes", "--size", "64x96", "--iters", "1", "--warmup", "0",
+                 "--batch", "1", "--no-train", "--no-fold", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["folded_batchnorms"] == 0
 
 
 def test_cli_times_a_checkpoint(tmp_path):

@@ -95,14 +95,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..engine import bench as B
     from ..engine.step import frozen_batchnorms, set_train_mode
+    from ..modeling.fold import fold_batchnorm
 
     _check(args)
     device = _device(args.device)
     dtype = B.resolve_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
     model, weights = _model(args, device)
-    predict: dict[str, Callable] = {"fasterrcnn": model.predict}
-    staged_predict = {"fasterrcnn": lambda im, t: B.staged_predict(model, im, t)}
+    # inference as `detect` runs it: BatchNorm folded into the convolutions (a copy; training,
+    # and the torchvision twin built from the model, keep the norm layers)
+    infer_model = model if args.no_fold else fold_batchnorm(model)
+    predict: dict[str, Callable] = {"fasterrcnn": infer_model.predict}
+    staged_predict = {"fasterrcnn": lambda im, t: B.staged_predict(infer_model, im, t)}
     loss_fns: dict[str, Callable] = {
         "fasterrcnn": lambda im, tg, t: B.staged_loss(model, im, tg, t) if t.enabled else model.loss(im, tg)}
     modules = {"fasterrcnn": model}
@@ -187,6 +191,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "size": [h, w], "batch": args.batch, "train_batch": None if args.no_train else train_n,
         "iters": args.iters, "warmup": args.warmup, "gt_boxes": args.gt_boxes,
         "proposals": model.rpn.test_settings.post_nms_top_n, "threads": torch.get_num_threads(),
+        "folded_batchnorms": getattr(infer_model, "folded_batchnorms", 0),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "memory": ("CUDA max_memory_allocated per call, MiB (both models resident)" if device.type == "cuda"
                    else "CPU peak RSS of the whole process so far, MiB: process-wide and monotone"),
@@ -318,6 +323,8 @@ def add_bench_parser(sub: Any, add_runtime: Callable[[argparse.ArgumentParser], 
     p.add_argument("--compare", choices=("torchvision",), default=None,
                    help="also time torchvision's FasterRCNN built with the identical architecture")
     p.add_argument("--no-train", action="store_true", help="inference only")
+    p.add_argument("--no-fold", action="store_true",
+                   help="time inference without folding BatchNorm into the convolutions (detect folds)")
     p.add_argument("--stages", action="store_true", help="also time each stage (the paper's Table 5 split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the weights")
     p.add_argument("--json", default=None, metavar="OUT", help="write every number to this JSON file")

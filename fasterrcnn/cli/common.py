@@ -128,12 +128,14 @@ def sliced_predictor(model: Any, args: argparse.Namespace) -> Callable | None:
 
 
 def load_for_inference(args: argparse.Namespace) -> tuple[Any, Config, tuple[str, ...]]:
-    """(predictor, config, class names) of ``--checkpoint``: the model wrapped in the test-time
-    views its config and the flags ask for (``predictor.model`` is the network itself)."""
+    """(predictor, config, class names) of ``--checkpoint``: the model, its BatchNorm layers
+    folded into the convolutions (:func:`~fasterrcnn.modeling.fold.fold_batchnorm`), wrapped in
+    the test-time views its config and the flags ask for (``predictor.model`` is the network)."""
     from ..engine.checkpoint import load_model
+    from ..modeling.fold import fold_batchnorm
 
     model, cfg, classes = load_model(args.checkpoint, device=args.device)
-    return inference_predictor(model, cfg, args), cfg, tuple(classes)
+    return inference_predictor(fold_batchnorm(model), cfg, args), cfg, tuple(classes)
 
 
 def inference_predictor(model: Any, cfg: Config, args: argparse.Namespace) -> Any:

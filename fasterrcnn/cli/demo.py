@@ -21,6 +21,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..engine.inference import evaluate_detections, run_inference, write_json
     from ..engine.trainer import train_joint
     from ..modeling.builder import build_predictor
+    from ..modeling.fold import fold_batchnorm
 
     set_threads(args.threads)
     start = time.time()
@@ -38,6 +39,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     progress=not args.quiet, resume="auto" if args.resume else None)
     train_time = time.time() - start
     model, cfg, _ = load_model(out / "model_final.pt", device=args.device)
+    model = fold_batchnorm(model)  # inference: BatchNorm folded into the convolutions
     predictor = build_predictor(model, cfg.model)  # the preset's test-time views
     dets = run_inference(model, test_set, device=args.device, predictor=predictor)
     result = evaluate_detections(dets, test_set, "voc07", out_dir=out)
