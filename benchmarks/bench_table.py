@@ -47,6 +47,8 @@ def bench_args(name: str, size: tuple[int, int], opts: argparse.Namespace, extra
         argv += ["--compare", "torchvision"]
     if opts.no_train:
         argv.append("--no-train")
+    if opts.no_fold:
+        argv.append("--no-fold")
     if opts.threads:
         argv += ["--threads", str(opts.threads)]
     return build_parser().parse_args(argv)
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-compare", action="store_true", help="ours only")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--no-fold", action="store_true", help="our inference without BatchNorm folding")
     p.add_argument("--out", default="benchmarks/out/bench_table")
     opts = p.parse_args(argv)
     names = [n.strip() for n in opts.presets.split(",")] if opts.presets else list(PRESETS)
