@@ -99,7 +99,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from fasterrcnn.cli.bench import format_table, run_bench
-    from fasterrcnn.cli.common import set_threads
+    from fasterrcnn.cli.common import retain_freed_memory, set_threads
     from fasterrcnn.presets import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}", file=sys.stderr)
         return 2
     set_threads(opts.threads)
+    retain_freed_memory()  # as the fasterrcnn command does (both models share the process)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -3,7 +3,7 @@ import math
 import torch
 
 from fasterrcnn.modeling.box_coding import BoxCoder
-from fasterrcnn.modeling.proposals import _top_valid_anchors, add_gt_boxes, select_proposals
+from fasterrcnn.modeling.proposals import _top_valid_anchors, add_gt_boxes, first_kept, select_proposals
 
 ANCHORS = torch.tensor(
     [
@@ -106,3 +106,53 @@ def test_decoding_only_the_best_anchors_gives_the_same_boxes():
 def test_no_valid_box_at_all():
     boxes, scores = _select(torch.full((1, len(ANCHORS)), float("nan")))
     assert boxes[0].shape == (0, 4) and scores[0].shape == (0,)
+
+
+def test_first_kept_equals_nms_over_all_boxes():
+    """NMS on a growing prefix of the ranked boxes keeps exactly what NMS over all keeps first:
+    random scenes, many equal scores, fewer kept boxes than asked (the prefix grows to all)."""
+    from torchvision.ops import nms
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n = int(torch.randint(1, 3000, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 300
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 1], dim=1)
+        scores = torch.rand(n, generator=g)
+        if trial % 2:
+            scores = (scores * 10).round() / 10  # ties everywhere
+        scores, order = scores.sort(descending=True, stable=True)
+        boxes = boxes[order]
+        for count in (1, 30, 300, 5000):
+            for thresh in (0.3, 0.7):
+                assert torch.equal(first_kept(boxes, scores, thresh, count), nms(boxes, scores, thresh)[:count])
+    # one big box over many small ones: the best 2 * count boxes keep one, the prefix must grow
+    boxes = torch.cat([torch.tensor([[0.0, 0.0, 100.0, 100.0]]).repeat(50, 1),
+                       torch.tensor([[200.0, 200.0, 210.0, 210.0]])])
+    scores = torch.linspace(1.0, 0.5, 51)
+    assert first_kept(boxes, scores, 0.5, 2).tolist() == [0, 50]
+    assert first_kept(boxes[:0], scores[:0], 0.5, 3).numel() == 0
+
+
+def test_retain_freed_memory_sets_glibc_malloc_or_stays_off(monkeypatch):
+    from fasterrcnn.cli import common
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(common.ctypes, "CDLL", lambda name: FakeLibc())
+    assert common.retain_freed_memory() is True
+    assert calls == [(-3, 32 << 20), (-1, 2**31 - 1)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    monkeypatch.setenv("FASTERRCNN_MALLOC", "system")
+    assert common.retain_freed_memory() is False and len(calls) == 2
+    monkeypatch.delenv("FASTERRCNN_MALLOC")
+
+    def no_libc(name):
+        raise OSError("no C library by that name")
+
+    monkeypatch.setattr(common.ctypes, "CDLL", no_libc)
+    assert common.retain_freed_memory() is False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .common import known_errors
+from .common import known_errors, retain_freed_memory
 from .parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -18,6 +18,7 @@ __all__ = ["build_parser", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    retain_freed_memory()
     try:
         return int(args.func(args) or 0)
     except known_errors() as exc:

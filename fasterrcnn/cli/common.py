@@ -5,7 +5,10 @@ drawing example detections."""
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,6 +26,33 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from ..modeling.backbones import BackboneWeightsError
 
     return (DataError, ConfigError, CheckpointError, BackboneWeightsError, TrainingDiverged, FileNotFoundError)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: allocations up to 32 MiB come from the heap
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next allocation instead of handing it back
+    to the system (the CPU counterpart of the caching allocator PyTorch uses on GPUs).
+
+    A detector allocates its large temporaries afresh at every step (features, pooled RoIs, the
+    sparse RoIAlign's products: 10-30 MiB each); by default glibc serves those from new memory
+    maps and returns them on free, so every step pays page faults to touch them again. Serving
+    allocations up to 32 MiB from the heap and never trimming it made the demo's evaluation
+    (nine test-time views, 200 images) about 14% faster on a 2-core EPYC; the price is that the
+    process keeps its peak memory until it exits. Only where the C library is glibc (Linux);
+    returns whether it applied. ``FASTERRCNN_MALLOC=system`` leaves malloc as it is.
+    """
+    if os.environ.get("FASTERRCNN_MALLOC", "") == "system":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def set_threads(threads: int | None) -> None:
