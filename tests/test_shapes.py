@@ -354,10 +354,10 @@ def test_class_hues_give_each_class_its_hue_band():
 def test_in_memory_dataset_with_workers_holds_the_same_items_in_order():
     from fasterrcnn.data.dataset import InMemoryDataset
 
-    base = ShapesDataset("train", 6, seed=3)
+    base = ShapesDataset("train", 40, seed=3)  # three chunks of the loader
     plain, parallel = InMemoryDataset(base), InMemoryDataset(base, workers=2)
-    assert len(parallel) == 6 and parallel.classes == base.classes
-    for i in range(6):
+    assert len(parallel) == 40 and parallel.classes == base.classes
+    for i in range(40):
         (a, ta), (b, tb) = plain[i], parallel[i]
         assert torch.equal(a, b) and a.dtype == b.dtype == torch.uint8
         assert ta.keys() == tb.keys()

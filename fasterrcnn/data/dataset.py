@@ -152,9 +152,11 @@ class InMemoryDataset:
         if workers > 0 and len(base) > 1:
             from torch.utils.data import DataLoader
 
-            loader = DataLoader(base, batch_size=None, shuffle=False, num_workers=workers,  # type: ignore[arg-type]
+            # chunks of 16 images: one hand-over between processes each (10.5 s against 13.9 s
+            # one by one for the 800 training images of the demo; 19.1 s in this process)
+            loader = DataLoader(base, batch_size=16, shuffle=False, num_workers=workers,  # type: ignore[arg-type]
                                 collate_fn=_as_is)
-            self._items = list(loader)
+            self._items = [item for chunk in loader for item in chunk]
         else:
             self._items = [base[i] for i in range(len(base))]
         self._annotations = [base.annotation(i) for i in range(len(base))]
