@@ -95,7 +95,7 @@ class RoIPooler(nn.Module):
         else:
             pool = lambda b: self._pool_levels(features, levels, b)  # noqa: E731
         parts = [pool(boxes)] + [pool([scale_boxes_about_centre(b, s) for b in boxes]) for s in self.context_scales]
-        return parts[0] if len(parts) == 1 else concat_channels(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _pool_levels(self, features: Mapping[str, Tensor], levels: list[str], boxes: Sequence[Tensor]) -> Tensor:
         """Each RoI from the level :func:`assign_levels` picks for it."""
@@ -141,22 +141,6 @@ class RoIPooler(nn.Module):
             and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export()
         )
-
-
-def concat_channels(parts: Sequence[Tensor]) -> Tensor:
-    """``torch.cat(parts, dim=1)`` of [R, C_i, P, P] tensors, written once into contiguous
-    memory (what the box head flattens). The sparse RoIAlign returns channels-last views, whose
-    ``torch.cat`` is channels-last too and would be copied again by the flatten: two passes and
-    two allocations of the largest tensor of the head (on the demo's test-time views, 1200 RoIs x
-    128 channels x 7 x 7, those copies cost more than the pooling itself)."""
-    r, _, p, q = parts[0].shape
-    out = parts[0].new_empty((r, sum(x.shape[1] for x in parts), p, q))
-    flat = out.view(r, -1, p * q)
-    start = 0
-    for x in parts:
-        flat[:, start:start + x.shape[1]] = x.reshape(r, x.shape[1], p * q)  # a view for the sparse path
-        start += x.shape[1]
-    return out
 
 
 def scale_boxes_about_centre(boxes: Tensor, factor: float) -> Tensor:
