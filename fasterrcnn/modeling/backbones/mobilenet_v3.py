@@ -29,8 +29,8 @@ at every strided block (``_is_cn``) and at its last block (V3: 0, 2, 4, 7, 13, 1
 0 freezes the whole body. Range 0..6; default 3 (torchvision's detection default).
 
 Normalisation: FrozenBatchNorm2d with eps 1e-5 (``body_norm=nn.BatchNorm2d`` for training from
-scratch, as torchvision builds these detectors without weights). torchvision's detection builders pass their
-norm layer explicitly (FrozenBatchNorm2d with backbone weights, else BatchNorm2d), so their
+scratch, as torchvision builds these detectors without weights). torchvision's detection
+builders pass their norm layer explicitly (FrozenBatchNorm2d with backbone weights, else BatchNorm2d), so their
 MobileNetV3 has eps 1e-5 too, not the 1e-3 of the classification model.
 V3's squeeze-excitation averages over the whole map, batch padding included, so the class says
 ``maskable = False`` (read by modeling/padding.py's check).
