@@ -38,9 +38,10 @@ def sharpened_model(name: str, **overrides):
     return model, cfg
 
 
-def images(dtype: torch.dtype = torch.uint8) -> list[torch.Tensor]:
+def images(dtype: torch.dtype = torch.uint8, per_size: int = 1) -> list[torch.Tensor]:
+    """``per_size`` random images of each of SIZES, those of one size together."""
     g = torch.Generator().manual_seed(1)
-    out = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in SIZES]
+    out = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in SIZES for _ in range(per_size)]
     return out if dtype == torch.uint8 else [x.float() / 255 for x in out]
 
 
@@ -62,10 +63,13 @@ def match(ref: dict, out: dict) -> tuple[float, float]:
 
 
 def assert_same_detections(model, path, inputs) -> None:
+    """The exported graph on ``inputs`` (same-size neighbours run as one batch) gives each image
+    the detections ``model.predict`` gives it alone."""
     runner = OnnxDetector(path, threads=1)
-    for image in inputs:
+    outputs = runner(inputs)
+    assert len(outputs) == len(inputs)
+    for image, out in zip(inputs, outputs):
         ref = model.predict([image.float() / 255 if image.dtype == torch.uint8 else image])[0]
-        out = runner([image])[0]
         assert len(ref["boxes"]) > 5, "the sharpened model should detect something"
         match(ref, out)
         # ordered by score, the labels agree (ties aside: scores differ by far more than SCORE_TOL here)
@@ -79,14 +83,14 @@ def test_zf_voc07_matches_pytorch_on_two_sizes(tmp_path):
     model, _ = sharpened_model("zf-voc07", **{"model.input.min_size_test": 224, "model.input.max_size_test": 320,
                                               "model.roi_head.representation_size": 512})
     path = export_onnx(model, tmp_path / "zf.onnx", classes=[f"c{i}" for i in range(20)])
-    assert_same_detections(model, path, images())
+    assert_same_detections(model, path, images(per_size=2))
 
 
 def test_tiny_shapes_float_input_roialign_context_channels_last(tmp_path):
     # RoIAlign with context boxes, stride 8, anchor offset 0, channels-last memory; float input
     model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 160, "model.input.max_size_test": 240})
     path = export_onnx(model, tmp_path / "tiny.onnx", input_dtype="float32")
-    assert_same_detections(model, path, images(torch.float32))
+    assert_same_detections(model, path, images(torch.float32, per_size=2))
 
 
 def test_fpn_model_matches_pytorch_on_two_sizes(tmp_path):
@@ -103,21 +107,29 @@ def test_fpn_model_matches_pytorch_on_two_sizes(tmp_path):
             if isinstance(conv, torch.nn.Conv2d):
                 conv.weight.div_(40)
     path = export_onnx(model, tmp_path / "fpn.onnx")
-    assert_same_detections(model, path, images())
+    assert_same_detections(model, path, images(per_size=2))
 
 
 def test_graph_inputs_outputs_and_metadata(tmp_path):
     model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 96, "model.input.max_size_test": 128})
     path = export_onnx(model, tmp_path / "m.onnx", classes=["a", "b", "c", "d", "e"])
     info = describe(path)
-    assert info["inputs"] == {"image": [3, "height", "width"]}
-    assert info["outputs"] == {"boxes": ["detections", 4], "labels": ["detections"], "scores": ["detections"]}
+    assert info["inputs"] == {"images": ["batch", 3, "height", "width"]}
+    assert info["outputs"] == {"boxes": ["detections", 4], "labels": ["detections"], "scores": ["detections"],
+                               "image_index": ["detections"]}
     assert info["opset"] == 17 and json.loads(info["metadata"]["classes"]) == ["a", "b", "c", "d", "e"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    boxes, labels, scores = session.run(None, {"image": images()[0].numpy()})
+    batch = torch.stack(images(per_size=3)[:3])  # three images of one size
+    boxes, labels, scores, image = session.run(None, {"images": batch.numpy()})
     assert boxes.dtype.name == "float32" and labels.dtype.name == "int64" and scores.dtype.name == "float32"
-    assert boxes.shape == (len(labels), 4) and (scores[:-1] >= scores[1:]).all()
+    assert image.dtype.name == "int64" and boxes.shape == (len(labels), 4) == (len(image), 4)
+    assert set(image.tolist()) == {0, 1, 2} and (image[:-1] <= image[1:]).all()  # grouped by image
+    for i in range(3):  # best first within each image, and each image's own detections
+        assert (scores[image == i][:-1] >= scores[image == i][1:]).all()
+        alone = session.run(None, {"images": batch[i:i + 1].numpy()})
+        assert (alone[3] == 0).all() and len(alone[0]) == (image == i).sum()
+        assert abs(alone[0] - boxes[image == i]).max() <= BOX_TOL and abs(alone[2] - scores[image == i]).max() <= SCORE_TOL
 
 
 def test_no_detections_is_an_empty_result_not_an_error(tmp_path):
@@ -129,6 +141,46 @@ def test_no_detections_is_an_empty_result_not_an_error(tmp_path):
     out = OnnxDetector(path)([images()[0], torch.zeros(3, 40, 50, dtype=torch.uint8)])
     for det in out:
         assert det["boxes"].shape == (0, 4) and det["labels"].shape == (0,) and det["scores"].shape == (0,)
+
+
+def test_detections_per_image_cap_holds_per_image_in_a_batch(tmp_path):
+    import dataclasses
+
+    model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 96, "model.input.max_size_test": 128})
+    capped = dataclasses.replace(model.roi_heads.selector, detections_per_img=4)
+    path = export_onnx(model, tmp_path / "m.onnx", selector=capped)
+    model.roi_heads.selector = capped
+    inputs = images(per_size=3)
+    outputs = OnnxDetector(path, threads=1, batch_size=3)(inputs)
+    for image, out in zip(inputs, outputs):
+        ref = model.predict([image.float() / 255])[0]
+        assert len(ref["boxes"]) == len(out["boxes"]) == 4
+        match(ref, out)
+
+
+def test_a_file_of_the_single_image_form_still_runs(tmp_path):
+    # earlier versions wrote graphs taking one image [3, H, W] with three outputs
+    from fasterrcnn.export.onnx import ExportableDetector
+
+    model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 96, "model.input.max_size_test": 128})
+
+    class SingleImage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph = ExportableDetector(model)
+
+        def forward(self, image):
+            return self.graph(image[None])[:3]
+
+    path = tmp_path / "single.onnx"
+    with torch.no_grad():
+        torch.onnx.export(SingleImage().eval(), (images()[0],), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["boxes", "labels", "scores"],
+                          dynamic_axes={"image": {1: "h", 2: "w"}, "boxes": {0: "d"}, "labels": {0: "d"},
+                                        "scores": {0: "d"}})
+    runner = OnnxDetector(path)
+    assert not runner.batched
+    assert_same_detections(model, path, images(per_size=2))
 
 
 def test_cascade_is_refused(tmp_path):
@@ -145,7 +197,7 @@ def test_export_command_and_detect_onnx_agree_with_detect_checkpoint(tmp_path, c
     ckpt = export_weights(tmp_path / "model_final.pt", model=model, cfg=cfg, classes=classes)
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(onnx_path)]) == 0
-    assert "input image uint8 [3, 'height', 'width']" in capsys.readouterr().out
+    assert "input images uint8 ['batch', 3, 'height', 'width']" in capsys.readouterr().out
     folder = tmp_path / "images"
     folder.mkdir()
     for i, image in enumerate(images()):

@@ -68,7 +68,7 @@ def onnx_predictor(args: argparse.Namespace) -> tuple[Callable, tuple[str, ...]]
         args.device = "cpu"
     try:
         from ..export.onnx import OnnxDetector
-        runner = OnnxDetector(args.onnx, threads=args.threads)
+        runner = OnnxDetector(args.onnx, threads=args.threads, batch_size=max(1, args.batch_size))
     except ImportError:
         raise ConfigError("--onnx needs onnxruntime (pip install onnxruntime)") from None
     except Exception as exc:  # onnxruntime's own errors: not an ONNX file, unsupported ops
@@ -109,7 +109,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     # one at a time (a batch of mixed sizes would pad the smaller images, and the padding changes
     # the features near their right and bottom edges, so an image's detections would depend on
     # its neighbours). Pictures are written as each pass ends; detections.json keeps file order.
-    batch = 1 if getattr(args, "onnx", None) else max(1, args.batch_size)
+    batch = max(1, args.batch_size)
     found: dict[int, tuple[Path, dict]] = {}
     pending: dict[tuple[int, ...], list[tuple[int, Path, Any]]] = {}
     skipped, used = 0, {}

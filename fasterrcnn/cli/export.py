@@ -34,11 +34,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         raise ConfigError(f"{args.checkpoint}: {exc}") from None
     info = describe(out)
-    image = info["inputs"]["image"]
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {info['opset']}): input image "
-          f"{args.input_dtype} {image}; outputs boxes [D, 4] xyxy pixels, labels [D] (1..{len(classes)}), "
-          f"scores [D]; {len(classes)} classes in the metadata; score threshold {selector.score_thresh:g}, "
-          f"at most {selector.detections_per_img} detections; no test-time augmentation")
+    images = info["inputs"]["images"]
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {info['opset']}): input images "
+          f"{args.input_dtype} {images} (one size per batch); outputs boxes [D, 4] xyxy pixels, labels [D] "
+          f"(1..{len(classes)}), scores [D], image_index [D]; {len(classes)} classes in the metadata; "
+          f"score threshold {selector.score_thresh:g}, at most {selector.detections_per_img} detections "
+          f"per image; no test-time augmentation")
     return 0
 
 
@@ -46,12 +47,13 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export`` (called from :func:`~.parser.build_parser`)."""
     p = sub.add_parser(
         "export", help="export a checkpoint to ONNX (pre- and post-processing inside the graph)",
-        description="Write the detector as one ONNX graph: input 'image' [3, H, W] of any size "
-        "(uint8 0..255 by default, or float32 0..1), outputs 'boxes' [D, 4] (xyxy, the image's "
-        "pixels), 'labels' [D] (1..K) and 'scores' [D], best first. Resizing, normalisation, "
-        "anchors, proposals, RoI pooling and per-class NMS run inside; the class names are stored "
-        "in the file's metadata. One image per run; test-time augmentation is not exported. "
-        "Run it with onnxruntime, or with 'fasterrcnn detect --onnx FILE'.")
+        description="Write the detector as one ONNX graph: input 'images' [N, 3, H, W], a batch "
+        "of any size of images of any one size (uint8 0..255 by default, or float32 0..1), outputs "
+        "'boxes' [D, 4] (xyxy, the images' pixels), 'labels' [D] (1..K), 'scores' [D] and "
+        "'image_index' [D] (which image), grouped by image and best first within each. Resizing, "
+        "normalisation, anchors, proposals, RoI pooling and per-class NMS run inside; the class "
+        "names are stored in the file's metadata. Test-time augmentation is not exported. Run it "
+        "with onnxruntime, or with 'fasterrcnn detect --onnx FILE'.")
     p.add_argument("--checkpoint", required=True, help="model_final.pt or last.pt written by train/demo/import")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="export format (default: onnx)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
