@@ -76,3 +76,31 @@ def test_bad_weights_and_names(tmp_path):
         build_backbone(BackboneConfig(name="resnet9000"))
     with pytest.raises(ConfigError):
         build_backbone(BackboneConfig(name="vgg16", stride=8))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_local_response_norm_equals_torchs_values_and_gradients(size):
+    from fasterrcnn.modeling.backbones.zf import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, 7, 5, 6, dtype=torch.float64) * 30).requires_grad_()
+    mine, ref = LocalResponseNorm(size, 5e-3, 0.75, 2.0), torch.nn.LocalResponseNorm(size, 5e-3, 0.75, 2.0)
+    out, expected = mine(x), ref(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expected, x, g)[0],
+                               rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(mine, (x[:1, :, :3, :3].detach().requires_grad_(),))
+    with torch.no_grad():  # in place without autograd, channels-last input, float32
+        x32 = x.detach().float().contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(mine(x32), ref(x32), rtol=1e-6, atol=0)
+        torch.testing.assert_close(mine(x32), mine(x32.contiguous()), rtol=1e-6, atol=0)
+
+
+def test_zf_uses_the_fast_local_response_norm():
+    from fasterrcnn.modeling.backbones.zf import LocalResponseNorm
+
+    zf = build_backbone(BackboneConfig(name="zf"))
+    norms = [m for m in zf.modules() if isinstance(m, (LocalResponseNorm, torch.nn.LocalResponseNorm))]
+    assert len(norms) == 2 and all(type(m) is LocalResponseNorm for m in norms)
+    assert (norms[0].size, norms[0].alpha, norms[0].beta, norms[0].k) == (3, 5e-5, 0.75, 1.0)
