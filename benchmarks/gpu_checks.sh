@@ -41,4 +41,4 @@ echo "bench fp32 exit $?" >> "$OUT/bench_fp32.log"
 
 cat "$OUT/machine.txt"; tail -3 "$OUT/pytest_cuda.log"
 for f in "$OUT"/bench_*/bench_table.md; do echo "== $f"; cat "$f"; done
-tail -2 "$OUT"/bench_*.log
+tail -n 2 "$OUT"/bench_*.log
