@@ -19,7 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 from fasterrcnn.cli import main  # noqa: E402
 from fasterrcnn.config import override  # noqa: E402
 from fasterrcnn.engine.checkpoint import export_weights  # noqa: E402
-from fasterrcnn.export.onnx import ExportError, OnnxDetector, describe, export_onnx  # noqa: E402
+from fasterrcnn.export.graph import ExportableDetector, ExportError  # noqa: E402
+from fasterrcnn.export.onnx import OnnxDetector, describe, export_onnx  # noqa: E402
 from fasterrcnn.modeling.builder import build_model  # noqa: E402
 from fasterrcnn.presets import preset  # noqa: E402
 
@@ -160,8 +161,6 @@ def test_detections_per_image_cap_holds_per_image_in_a_batch(tmp_path):
 
 def test_a_file_of_the_single_image_form_still_runs(tmp_path):
     # earlier versions wrote graphs taking one image [3, H, W] with three outputs
-    from fasterrcnn.export.onnx import ExportableDetector
-
     model, _ = sharpened_model("tiny-shapes", **{"model.input.min_size_test": 96, "model.input.max_size_test": 128})
 
     class SingleImage(torch.nn.Module):

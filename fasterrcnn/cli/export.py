@@ -14,7 +14,8 @@ FORMATS = ("onnx",)
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import load_model
-    from ..export.onnx import ExportError, describe, export_onnx
+    from ..export.graph import ExportError
+    from ..export.onnx import describe, export_onnx
 
     set_threads(args.threads)
     if args.format not in FORMATS:

@@ -26,11 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling.postprocess import DetectionSelector
-from .graph import INPUT_DTYPES, ExportableDetector, ExportError
+from .graph import ExportableDetector
 
 OPSET = 17  # RoIAlign's half-pixel ("aligned") mode needs 16
 OUTPUT_NAMES = ("boxes", "labels", "scores", "image_index")
-__all__ = ["ExportError", "ExportableDetector", "OnnxDetector", "describe", "export_onnx", "INPUT_DTYPES"]
 
 
 def export_onnx(
