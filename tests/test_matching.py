@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from fasterrcnn.modeling.matching import BACKGROUND, IGNORE, Matcher, match
+from torchvision.ops import box_iou
+
+from fasterrcnn.modeling.matching import BACKGROUND, IGNORE, Matcher, match, pairwise_iou
 
 IOU = torch.tensor(
     [
@@ -67,3 +69,22 @@ def test_no_predictions():
 def test_bad_thresholds_raise():
     with pytest.raises(ValueError):
         match(IOU, fg_thresh=0.3, bg_thresh_hi=0.7)
+
+
+def test_pairwise_iou_hand_values() -> None:
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    torch.testing.assert_close(pairwise_iou(a, b), torch.tensor([[50 / 150, 1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_iou_equals_torchvision_bit_for_bit(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g, dtype=dtype) * 300
+    boxes = torch.cat([xy, xy + torch.rand(500, 2, generator=g, dtype=dtype) * 80], 1)
+    boxes[:5, 2:] = boxes[:5, :2]  # zero-area boxes
+    boxes[5, 0] = float("nan")
+    gt = boxes[::50].clone()
+    assert torch.equal(pairwise_iou(gt, boxes).isnan(), box_iou(gt, boxes).isnan())
+    torch.testing.assert_close(pairwise_iou(gt, boxes), box_iou(gt, boxes), rtol=0, atol=0, equal_nan=True)
+    assert pairwise_iou(gt[:0], boxes).shape == (0, 500) and pairwise_iou(gt, boxes[:0]).shape == (10, 0)

@@ -115,6 +115,23 @@ def test_transpose_csr_equals_the_dense_transpose() -> None:
     assert transpose_csr(empty).shape == (5, 0)
 
 
+def test_transpose_csr_rows_from_positions_and_general_rows() -> None:
+    # RoIAlign's rows all hold S * S * 4 entries (an entry's row is its position // 16); a matrix
+    # whose rows differ in length takes the general path; both are exact transposes
+    torch.manual_seed(0)
+    rois = torch.cat([torch.randint(0, 2, (30, 1)).float(), torch.rand(30, 2) * 40], 1)
+    rois = torch.cat([rois, rois[:, 1:] + torch.rand(30, 2) * 30 + 1], 1)
+    a = roi_align_matrix(rois, (2, 8, 10), 3, 1 / 8, 2, False)
+    assert (a.crow_indices().diff() == 16).all()
+    torch.testing.assert_close(transpose_csr(a).to_dense(), a.to_dense().t(), rtol=0, atol=0)
+    crow = a.crow_indices()
+    uneven = torch.sparse_csr_tensor(  # the last row's 16 entries split over two rows (8 + 8)
+        torch.cat([crow[:-1], crow[-1:] - 8, crow[-1:]]), a.col_indices(), a.values(),
+        (a.shape[0] + 1, a.shape[1]),
+    )
+    torch.testing.assert_close(transpose_csr(uneven).to_dense(), uneven.to_dense().t(), rtol=0, atol=0)
+
+
 def test_multi_level_pooler_is_sparse_in_training_only_and_matches_torchvision() -> None:
     """FPN pooling: with gradients on (training) every level goes through the sparse product and
     gives torchvision's values and feature gradients; inference keeps torchvision's op (parity

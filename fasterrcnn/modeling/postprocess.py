@@ -17,9 +17,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from .box_coding import BoxCoder, at_least_float32
+from .matching import pairwise_iou
 
 
 def class_boxes(
@@ -56,7 +57,7 @@ def box_voting(
     al. 2016 on top of Faster R-CNN). A kept box is among the candidates, so none is left empty."""
     if len(kept_boxes) == 0:
         return kept_boxes
-    weights = (box_iou(kept_boxes, boxes) >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
+    weights = (pairwise_iou(kept_boxes, boxes) >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
     weights = weights.to(scores.dtype) * scores[None, :]
     return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
 

@@ -19,9 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
-from .matching import BACKGROUND, Matcher
+from .matching import BACKGROUND, Matcher, pairwise_iou
 from .proposals import add_gt_boxes
 from .sampling import HardExampleMiner, Sampler
 
@@ -34,7 +33,7 @@ def match_rois(proposals: Tensor, gt_boxes: Tensor, matcher: Matcher) -> Tensor:
     """[P] gt index of each proposal, or BACKGROUND / IGNORE (see :mod:`.matching`)."""
     proposals = proposals.detach()  # matching is a discrete choice
     if len(gt_boxes):
-        iou = box_iou(gt_boxes.to(proposals.dtype), proposals)
+        iou = pairwise_iou(gt_boxes.to(proposals.dtype), proposals)
     else:
         iou = proposals.new_zeros((0, len(proposals)))
     return matcher(iou)

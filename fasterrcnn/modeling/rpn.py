@@ -15,12 +15,11 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
 from .anchors import AnchorGenerator, inside_image
 from .box_coding import BoxCoder, at_least_float32
 from .losses import box_balanced_example_weights, detection_losses
-from .matching import BACKGROUND, IGNORE, Matcher
+from .matching import BACKGROUND, IGNORE, Matcher, pairwise_iou
 from .proposals import select_proposals
 from .sampling import Sampler
 
@@ -99,7 +98,7 @@ def label_anchors(
     # only the anchors inside take part: IoU and matching over that subset (often half of them)
     matched = torch.full((len(anchors),), IGNORE, dtype=torch.int64, device=anchors.device)
     if len(gt_boxes):
-        iou = box_iou(gt_boxes.to(anchors.dtype), anchors[inside])
+        iou = pairwise_iou(gt_boxes.to(anchors.dtype), anchors[inside])
     else:
         iou = anchors.new_zeros((0, len(inside)))
     matched[inside] = matcher(iou)

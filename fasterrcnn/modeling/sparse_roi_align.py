@@ -114,20 +114,26 @@ def roi_align_matrix(
 def transpose_csr(matrix: Tensor) -> Tensor:
     """The CSR matrix ``A.T`` of a CSR matrix ``A``, built with one stable sort of the column
     indices (``A.t()`` is a CSC view that ``torch.sparse.mm`` first converts, several times
-    slower). Entries of a row keep their order, so products are deterministic."""
+    slower). Entries of a row keep their order, so products are deterministic. When every row
+    of ``A`` has the same number of entries (RoIAlign's), an entry's row is its position // that
+    number."""
     rows, cols = matrix.shape
     crow, col, vals = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     order = col.argsort(stable=True)
-    row_of_entry = torch.repeat_interleave(
-        torch.arange(rows, device=col.device, dtype=col.dtype), crow[1:] - crow[:-1]
-    )
+    per_row = col.numel() // rows if rows else 0
+    if per_row and bool((crow[1:] - crow[:-1] == per_row).all()):  # RoIAlign's: S * S * 4 a row
+        row_of_entry = order.div(per_row, rounding_mode="floor").to(col.dtype)
+    else:
+        row_of_entry = torch.repeat_interleave(
+            torch.arange(rows, device=col.device, dtype=col.dtype), crow[1:] - crow[:-1]
+        )[order]
     counts = torch.bincount(col, minlength=cols)
     t_crow = torch.zeros(cols + 1, dtype=torch.int64, device=col.device)
     torch.cumsum(counts, 0, out=t_crow[1:])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
-            t_crow.to(col.dtype), row_of_entry[order], vals[order], (cols, rows), check_invariants=False
+            t_crow.to(col.dtype), row_of_entry, vals[order], (cols, rows), check_invariants=False
         )
 
 

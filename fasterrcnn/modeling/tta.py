@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
+from .matching import pairwise_iou
 from .postprocess import DetectionSelector, flatten_candidates
 from .transform import Orientation
 
@@ -117,7 +117,7 @@ def view_agreement_scores(
     flat_scores, flat_boxes, labels = flatten_candidates(scores, boxes)
     keep = flat_scores > score_thresh
     flat_scores, flat_boxes, labels, view_of = flat_scores[keep], flat_boxes[keep], labels[keep], view_of[keep]
-    iou = box_iou(det_boxes, flat_boxes)
+    iou = pairwise_iou(det_boxes, flat_boxes)
     iou = torch.where(det_labels[:, None] == labels[None, :], iou, torch.zeros((), dtype=iou.dtype))
     best_iou, owner = iou.max(dim=0)  # the detection each candidate belongs to
     assigned = best_iou >= iou_thresh
