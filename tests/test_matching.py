@@ -77,11 +77,11 @@ def test_pairwise_iou_hand_values() -> None:
     torch.testing.assert_close(pairwise_iou(a, b), torch.tensor([[50 / 150, 1.0, 0.0]]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_pairwise_iou_equals_torchvision_bit_for_bit(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
-    xy = torch.rand(500, 2, generator=g, dtype=dtype) * 300
-    boxes = torch.cat([xy, xy + torch.rand(500, 2, generator=g, dtype=dtype) * 80], 1)
+    xy = torch.rand(500, 2, generator=g) * 300
+    boxes = torch.cat([xy, xy + torch.rand(500, 2, generator=g) * 80], 1).to(dtype)
     boxes[:5, 2:] = boxes[:5, :2]  # zero-area boxes
     boxes[5, 0] = float("nan")
     gt = boxes[::50].clone()
