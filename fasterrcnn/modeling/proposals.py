@@ -95,10 +95,11 @@ def first_kept(boxes: Tensor, scores: Tensor, iou_thresh: float, count: int) -> 
     NMS over all P boxes costs about (boxes kept) x P IoUs, and the paper's test setting keeps
     300 of 6000. Greedy NMS never lets a box suppress a better-scored one, so the boxes it keeps
     among the best m are exactly those that NMS over the best m alone keeps: NMS runs on the best
-    ``2 * count`` boxes, doubled until ``count`` are kept or every box is in; when that first
-    prefix is more than half of all boxes (training: 300 of 1000 kept), NMS runs on all of them
-    at once, as a prefix that fell short would cost most of that run again. (Equal scores are
-    ordered as the stable sort inside ``nms`` orders them; the prefix keeps that order.)
+    ``2 * count`` boxes; a prefix that keeps too few grows to where the share it kept would
+    reach ``count`` with a quarter to spare (at least doubling), until every box is in. When the
+    first prefix is more than half of all boxes (training: 300 of 1000 kept), NMS runs on all of
+    them at once, as a prefix that fell short would cost most of that run again. (Equal scores
+    are ordered as the stable sort inside ``nms`` orders them; the prefix keeps that order.)
     """
     n = len(scores)
     m = n if 4 * count >= n else 2 * count
@@ -106,7 +107,7 @@ def first_kept(boxes: Tensor, scores: Tensor, iou_thresh: float, count: int) -> 
         keep = nms(boxes[:m], scores[:m], iou_thresh)
         if len(keep) >= count or m == n:
             return keep[:count]
-        m = min(n, 2 * m)
+        m = min(n, max(2 * m, (5 * m * count) // (4 * max(len(keep), 1))))
 
 
 def _decode_valid(
