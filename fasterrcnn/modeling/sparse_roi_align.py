@@ -120,13 +120,13 @@ def transpose_csr(matrix: Tensor) -> Tensor:
     rows, cols = matrix.shape
     crow, col, vals = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     order = col.argsort(stable=True)
+    lengths = crow[1:] - crow[:-1]
     per_row = col.numel() // rows if rows else 0
-    if per_row and bool((crow[1:] - crow[:-1] == per_row).all()):  # RoIAlign's: S * S * 4 a row
+    if per_row and bool((lengths == per_row).all()):  # RoIAlign's: S * S * 4 a row
         row_of_entry = order.div(per_row, rounding_mode="floor").to(col.dtype)
     else:
-        row_of_entry = torch.repeat_interleave(
-            torch.arange(rows, device=col.device, dtype=col.dtype), crow[1:] - crow[:-1]
-        )[order]
+        rows_index = torch.arange(rows, device=col.device, dtype=col.dtype)
+        row_of_entry = torch.repeat_interleave(rows_index, lengths)[order]
     counts = torch.bincount(col, minlength=cols)
     t_crow = torch.zeros(cols + 1, dtype=torch.int64, device=col.device)
     torch.cumsum(counts, 0, out=t_crow[1:])
